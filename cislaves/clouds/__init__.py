@@ -1,0 +1,39 @@
+"""Lazy registry of cloud drivers: a driver's SDK is imported only when that cloud is used."""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+from cislaves.errors import ConfigError
+
+# name -> (module, class). rackspace is the OpenStack driver with Rackspace's defaults.
+DRIVERS: dict[str, tuple[str, str]] = {
+    "local": ("cislaves.clouds.local", "LocalCloud"),
+    "ec2": ("cislaves.clouds.ec2", "EC2Cloud"),
+    "openstack": ("cislaves.clouds.openstack", "OpenStackCloud"),
+    "rackspace": ("cislaves.clouds.openstack", "OpenStackCloud"),
+    "gce": ("cislaves.clouds.gce", "GCECloud"),
+}
+
+
+def names() -> list[str]:
+    return sorted(DRIVERS)
+
+
+def check_name(name: str, where: str = "argument 'cloud'") -> str:
+    if name not in DRIVERS:
+        raise ConfigError(f"{where}: unknown cloud {name!r}; expected one of: {', '.join(names())}")
+    return name
+
+
+def driver_class(name: str):
+    module, cls = DRIVERS[check_name(name)]
+    return getattr(importlib.import_module(module), cls)
+
+
+def get(name: str, config) -> Any:
+    """An instance of the driver for `name`, configured from `config` (cislaves.config.Config)."""
+    cls = driver_class(name)
+    settings = config.cloud_settings(name, getattr(cls, "Settings", None), getattr(cls, "ENV", {}))
+    return cls(settings, Path(config.data_dir), name=name)

@@ -1,0 +1,120 @@
+"""SSH to instances: a Fabric Connection factory, wait-for-SSH, argv-quoted commands, uploads.
+
+Host keys: trust on first use, pinned per instance in <data_dir>/known_hosts/<cloud>-<id>; a changed
+key on a later connection is refused (paramiko BadHostKeyException -> SSHError).
+Commands are always built from argv lists with shlex quoting, never by joining user text.
+"""
+from __future__ import annotations
+
+import logging
+import shlex
+import socket
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import paramiko
+from fabric import Connection
+from invoke.exceptions import UnexpectedExit
+
+from cislaves.clouds.base import Instance, wait_for
+from cislaves.errors import SSHError
+
+log = logging.getLogger(__name__)
+
+RETRYABLE = (paramiko.ssh_exception.NoValidConnectionsError, paramiko.ssh_exception.SSHException,
+             socket.timeout, socket.error, EOFError, ConnectionError)
+
+
+def known_hosts_file(data_dir: Path, instance: Instance) -> Path:
+    safe = f"{instance.cloud}-{instance.id}".replace("/", "_")
+    path = Path(data_dir) / "known_hosts" / safe
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.touch(mode=0o600, exist_ok=True)
+    return path
+
+
+def connection(instance: Instance, data_dir: Path, *, user: str | None = None,
+               connect_timeout: float = 10) -> Connection:
+    """A Fabric Connection to `instance` (not yet opened)."""
+    if not instance.address:
+        raise SSHError(f"{instance.cloud} instance {instance.id} has no address to connect to")
+    connect_kwargs = {"look_for_keys": False, "allow_agent": False, "timeout": connect_timeout,
+                      "banner_timeout": connect_timeout, "auth_timeout": connect_timeout}
+    if instance.key_file:
+        connect_kwargs["key_filename"] = [str(instance.key_file)]
+    gateway = None
+    if instance.proxy_command:
+        gateway = instance.proxy_command
+    elif instance.jump_host:
+        jump_user, _, rest = instance.jump_host.rpartition("@")
+        jump_host, _, jump_port = rest.partition(":")
+        gateway = Connection(jump_host, user=jump_user or None, port=int(jump_port or 22),
+                             connect_kwargs=dict(connect_kwargs))
+    conn = Connection(instance.address, user=user or instance.user, port=instance.port,
+                      connect_kwargs=connect_kwargs, gateway=gateway, connect_timeout=connect_timeout)
+    conn.client.load_host_keys(str(known_hosts_file(data_dir, instance)))
+    conn.client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    return conn
+
+
+def wait_for_ssh(instance: Instance, data_dir: Path, timeout: float) -> Connection:
+    """Poll until SSH to `instance` opens and runs `true`; return the open connection."""
+    last: list[str] = ["no attempt yet"]
+
+    def probe():
+        conn = connection(instance, data_dir)
+        try:
+            conn.open()
+            conn.run("true", hide=True, in_stream=False)
+            return conn
+        except paramiko.BadHostKeyException as exc:
+            conn.close()
+            raise SSHError(f"host key of {instance.address} changed since first contact "
+                           f"({exc.key.get_name()}); refusing to connect") from None
+        except (paramiko.AuthenticationException, *RETRYABLE) as exc:
+            last[0] = f"{type(exc).__name__}: {exc}".strip()
+            conn.close()
+            return None
+
+    return wait_for(probe, f"SSH on {instance.user}@{instance.address}:{instance.port}", timeout,
+                    first_delay=0.1, max_delay=2.0, describe=lambda: last[0])
+
+
+def command_line(argv: Sequence[str], *, sudo: bool = False, env: Mapping[str, str] | None = None,
+                 cwd: str | None = None) -> str:
+    """A shell line from an argv list: every element quoted; env as `env K=V`, sudo as `sudo -n`."""
+    if not argv:
+        raise ValueError("empty command")
+    parts: list[str] = []
+    if sudo:
+        parts += ["sudo", "-n", "-H"]
+    if env:
+        parts += ["env"] + [f"{k}={v}" for k, v in env.items()]
+    parts += list(argv)
+    line = shlex.join(parts)
+    if cwd:
+        line = f"cd {shlex.quote(cwd)} && {line}"
+    return line
+
+
+def run(conn: Connection, argv: Sequence[str], *, sudo: bool = False, env: Mapping[str, str] | None = None,
+        hide: bool | str = False, warn: bool = False, timeout: float | None = None, pty: bool = False):
+    """Run argv on the connection; returns Fabric's Result. Non-zero exit raises SSHError unless warn."""
+    line = command_line(argv, sudo=sudo and conn.user != "root", env=env)
+    try:
+        return conn.run(line, hide=hide, warn=warn, timeout=timeout, pty=pty, in_stream=False)
+    except UnexpectedExit as exc:
+        raise SSHError(f"command {argv[0]!r} on {conn.host} exited {exc.result.exited}") from None
+    except RETRYABLE as exc:
+        raise SSHError(f"SSH to {conn.host}:{conn.port} failed: {exc}") from None
+
+
+def upload(conn: Connection, files: Iterable[tuple[Path, str]], mode: int = 0o700) -> None:
+    """Copy local files to remote paths over SFTP (the remote folders must exist)."""
+    try:
+        sftp = conn.sftp()
+        for local, remote in files:
+            sftp.put(str(local), remote)
+            sftp.chmod(remote, mode)
+    except (OSError, *RETRYABLE) as exc:
+        raise SSHError(f"upload to {conn.host} failed: {exc}") from None
