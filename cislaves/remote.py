@@ -118,3 +118,36 @@ def upload(conn: Connection, files: Iterable[tuple[Path, str]], mode: int = 0o70
             sftp.chmod(remote, mode)
     except (OSError, *RETRYABLE) as exc:
         raise SSHError(f"upload to {conn.host} failed: {exc}") from None
+
+
+def boot_id(conn: Connection) -> str:
+    return conn.run("cat /proc/sys/kernel/random/boot_id", hide=True, in_stream=False).stdout.strip()
+
+
+def reboot(instance: Instance, data_dir: Path, timeout: float) -> Instance:
+    """Reboot over SSH and wait until SSH answers from a new boot (a different boot_id)."""
+    conn = wait_for_ssh(instance, data_dir, timeout)
+    before = boot_id(conn)
+    try:
+        run(conn, ["systemctl", "reboot"], sudo=True, warn=True, hide=True, timeout=30)
+    except SSHError:
+        pass  # the connection may drop while the command returns
+    finally:
+        conn.close()
+    last = ["old boot still answering"]
+
+    def probe():
+        try:
+            new = wait_for_ssh(instance, data_dir, timeout=15)
+        except Exception as exc:  # the machine is going down or not back yet
+            last[0] = str(exc)
+            return None
+        try:
+            current = boot_id(new)
+        finally:
+            new.close()
+        return current if current != before else None
+
+    wait_for(probe, f"{instance.address} to come back from a reboot", timeout, first_delay=1.0,
+             describe=lambda: last[0])
+    return instance

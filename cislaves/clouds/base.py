@@ -179,6 +179,13 @@ class Cloud:
         raise NotSupported(self.name, "cleanup")
 
     # -- hooks with defaults ------------------------------------------------------------
+    def reboot(self, instance: Instance, timeout: float) -> Instance:
+        """Reboot and wait until SSH answers from the new boot (default: `systemctl reboot` over SSH,
+        then wait for a different /proc/sys/kernel/random/boot_id)."""
+        from cislaves import remote
+
+        return remote.reboot(instance, self.data_dir, timeout)
+
     def copy_regions(self) -> list[str]:
         """Regions the pipeline copies a new image to (settings), none by default."""
         return []

@@ -1,0 +1,25 @@
+"""Shared test setup. Fixtures for local-cloud machines live in tests/fixtures_local.py."""
+import os
+import shutil
+
+import pytest
+
+pytest_plugins = ["tests.fixtures_local"]
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `root` need root, systemd-nspawn, debootstrap and iptables: skip them (saying why)
+    elsewhere. In CI (CI=true) a missing requirement is a failure, not a skip."""
+    missing = [tool for tool in ("systemd-nspawn", "debootstrap", "iptables", "ip") if not shutil.which(tool)]
+    reason = None
+    if os.geteuid() != 0:
+        reason = "needs root (network namespaces, mounts, systemd-nspawn)"
+    elif missing:
+        reason = f"needs {', '.join(missing)} (run .ci/run or the README's setup)"
+    if reason is None:
+        return
+    if os.environ.get("CI") == "true":
+        raise pytest.UsageError(f"CI cannot run the local-cloud tests: {reason}")
+    for item in items:
+        if "root" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason=reason))
