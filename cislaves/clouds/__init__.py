@@ -29,7 +29,11 @@ def check_name(name: str, where: str = "argument 'cloud'") -> str:
 
 def driver_class(name: str):
     module, cls = DRIVERS[check_name(name)]
-    return getattr(importlib.import_module(module), cls)
+    try:
+        return getattr(importlib.import_module(module), cls)
+    except ImportError as exc:
+        raise ConfigError(f"cloud {name!r} needs the Python package {exc.name!r}: "
+                          f"pip install -r requirements.txt") from None
 
 
 def get(name: str, config) -> Any:

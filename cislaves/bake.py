@@ -1,0 +1,368 @@
+"""The bake pipeline: up, bootstrap, tests, create_image, destroy, and `it` (all five) with a cleanup stack.
+
+Every step logs its start and end with the elapsed time, prefixed with cloud/distribution. On any
+error, Ctrl-C or SIGTERM, whatever the run created is removed (unless keep_on_error). Runs and
+instances are recorded in the state before anything is created, so the next run (or `fab cleanup`)
+finds what a killed run left behind.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shlex
+import signal
+import time
+import traceback
+from pathlib import Path
+from typing import Callable, Iterator
+
+from cislaves import clouds, distros, images as manifest, remote
+from cislaves.clouds.base import (TAG_RUN, Image, Instance, LaunchSpec, isoformat, new_run_id,
+                                  standard_tags, utcnow)
+from cislaves.config import Config
+from cislaves.errors import CislavesError, CloudError, Interrupted
+from cislaves.state import State, alive
+
+log = logging.getLogger(__name__)
+
+
+class Session:
+    """One command acting on one cloud: configuration, driver, state and output."""
+
+    def __init__(self, config: Config, cloud: str | None = None, distribution: str | None = None,
+                 out: Callable[[str], None] = print):
+        self.config = config
+        self.state = State(config.data_dir)
+        self.out = out
+        self.cloud_name = clouds.check_name(cloud or self.state.only_cloud() or config.defaults.cloud,
+                                            "argument 'cloud'" if cloud else
+                                            f"{config.where}: defaults.cloud")
+        self.distribution_arg = distribution
+        self.distribution = distros.get(distribution or config.defaults.distribution,
+                                        "argument 'distribution'" if distribution else
+                                        f"{config.where}: defaults.distribution")
+        self._cloud = None
+
+    @property
+    def cloud(self):
+        if self._cloud is None:
+            self._cloud = clouds.get(self.cloud_name, self.config)
+        return self._cloud
+
+    def label(self, distribution: str | None = None) -> str:
+        return f"[{self.cloud_name}/{distribution or self.distribution.name}]"
+
+    def for_instance(self, instance: Instance) -> None:
+        """Act as the instance's distribution (its record says which) unless one was given."""
+        if not self.distribution_arg and instance.distribution in distros.DISTRIBUTIONS:
+            self.distribution = distros.get(instance.distribution)
+
+    @contextlib.contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        label = self.label()
+        log.info("%s %s: started", label, name)
+        started = time.monotonic()
+        try:
+            yield
+        except CislavesError as exc:
+            log.info("%s %s: failed after %.2fs", label, name, time.monotonic() - started)
+            if not str(exc).startswith("["):
+                exc.args = (f"{label} {name} failed: {exc}",)
+            raise
+        except (KeyboardInterrupt, Interrupted):
+            log.info("%s %s: interrupted after %.2fs", label, name, time.monotonic() - started)
+            raise Interrupted(f"{label} interrupted during {name}") from None
+        except Exception as exc:  # a bug or an SDK error no driver translated: one line, details in the log
+            log.debug("%s %s: unexpected error\n%s", label, name, traceback.format_exc())
+            log.info("%s %s: failed after %.2fs", label, name, time.monotonic() - started)
+            raise CloudError(f"{label} {name} failed: {type(exc).__name__}: {exc}") from None
+        log.info("%s %s: done in %.2fs", label, name, time.monotonic() - started)
+
+    def close(self) -> None:
+        if self._cloud is not None:
+            self._cloud.close()
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """SIGTERM behaves like Ctrl-C (KeyboardInterrupt) inside the block, so cleanup runs for both."""
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def shielded() -> Iterator[None]:
+    """Cleanup must finish: SIGINT and SIGTERM wait until the block ends."""
+    old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    old_term = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)
+
+
+# -- the steps ------------------------------------------------------------------------------------
+def up(s: Session, image: str | None = None, new: bool = False, role: str = "instance",
+       run_id: str | None = None) -> Instance:
+    """Boot a new instance (or start the stopped one the state knows; say so if one is running)."""
+    reap(s)
+    if not image and not new and role == "instance":
+        known = s.state.entries(s.cloud_name)
+        if len(known) == 1:
+            instance = known[0].instance
+            s.for_instance(instance)
+            with s.step("up"):
+                instance = s.cloud.refresh(instance)
+                if instance.state == "stopped":
+                    instance = s.cloud.start(instance)
+                    s.state.put(instance, "instance")
+                    s.out(f"Started {instance.id} at {instance.user}@{instance.address}:{instance.port}")
+                    return instance
+                if instance.state == "running":
+                    s.out(f"Already up: {instance.id} at {instance.user}@{instance.address}:{instance.port}")
+                    return instance
+                s.state.remove(instance)  # gone or broken: forget it and boot a new one
+    run_id = run_id or new_run_id()
+    s.state.start_run(run_id, s.cloud_name, s.distribution.name, role)
+    launched: list[Instance] = []
+    try:
+        with interruptible(), s.step("up"):
+            base = s.cloud.get_image(image) if image else s.cloud.base_image(s.distribution)
+            name = f"{s.config.top.image_name_prefix}-{s.distribution.name}-{run_id}".lower()
+            spec = LaunchSpec(distribution=s.distribution, image=base, run_id=run_id, name=name,
+                              tags=standard_tags(run_id, s.distribution.name, role, name=name),
+                              key_dir=s.config.data_dir / "keys" / run_id, role=role)
+            instance = s.cloud.launch(spec)
+            launched.append(instance)
+            s.state.put(instance, role)
+            s.out(f"Instance: {instance.id} at {instance.user}@{instance.address}:{instance.port}")
+    except BaseException:
+        with shielded():
+            _remove_run(s, run_id, launched)
+        raise
+    if role == "instance":
+        s.state.end_run(run_id)
+    return instance
+
+
+def bootstrap(s: Session, instance_id: str | None = None, instance: Instance | None = None) -> None:
+    """Provision the current instance with its distribution's script (and the configured extras)."""
+    instance = instance or s.state.current(s.cloud_name, instance_id)
+    s.for_instance(instance)
+    with interruptible(), s.step("bootstrap"):
+        from cislaves.distros import provision
+
+        provision.provision(instance, s.distribution, s.config, s.cloud, out=s.out)
+
+
+def tests(s: Session, instance_id: str | None = None, instance: Instance | None = None) -> None:
+    """Run the distribution's checks against the current instance."""
+    instance = instance or s.state.current(s.cloud_name, instance_id)
+    s.for_instance(instance)
+    with interruptible(), s.step("tests"):
+        from cislaves.distros import checks
+
+        checks.run_checks(instance, s.distribution, s.config, s.cloud, out=s.out)
+
+
+def create_image(s: Session, instance_id: str | None = None, instance: Instance | None = None,
+                 run_id: str | None = None) -> list[Image]:
+    """Snapshot the instance into an image (and its region copies); print and record the ids."""
+    instance = instance or s.state.current(s.cloud_name, instance_id)
+    s.for_instance(instance)
+    run_id = run_id or instance.run_id
+    stamp = utcnow().strftime("%Y%m%d-%H%M%S")
+    name = f"{s.config.top.image_name_prefix}-{s.distribution.name}-{stamp}".lower()
+    tags = standard_tags(run_id, s.distribution.name, "image", name=name, ttl_hours=24 * 365 * 100)
+    with interruptible(), s.step("create_image"):
+        image = s.cloud.create_image(instance, name, tags)
+        made = [image]
+        regions = s.cloud.copy_regions()
+        if regions:
+            made += s.cloud.copy_image(image, regions)
+    manifest.record(s.config.manifest, made, distribution=s.distribution.name, run_id=run_id,
+                    name=name, source_image=instance.image_id)
+    s.out(f"Image: {image.id}")
+    for line in s.cloud.image_lines(made):
+        s.out(line)
+    return made
+
+
+def destroy(s: Session, instance_id: str | None = None, instance: Instance | None = None) -> None:
+    """Delete the instance and its temporary resources; forget it."""
+    reap(s)
+    instance = instance or s.state.current(s.cloud_name, instance_id)
+    s.for_instance(instance)
+    with shielded(), s.step("destroy"):
+        s.cloud.destroy(instance)
+        s.state.remove(instance)
+    s.out(f"Destroyed {instance.id}")
+
+
+def down(s: Session, instance_id: str | None = None) -> None:
+    """Halt the instance, keeping its disk."""
+    instance = s.state.current(s.cloud_name, instance_id)
+    s.for_instance(instance)
+    with interruptible(), s.step("down"):
+        instance = s.cloud.stop(instance)
+        s.state.put(instance, "instance")
+    s.out(f"Stopped {instance.id}")
+
+
+def it(s: Session, keep_on_error: bool = False) -> list[Image]:
+    """The whole bake: up, bootstrap, tests, create_image, destroy. Nothing of the run survives it,
+    unless keep_on_error and a step failed (then the output says how to reach and remove it)."""
+    with interruptible():
+        return _it(s, keep_on_error)
+
+
+def _it(s: Session, keep_on_error: bool) -> list[Image]:
+    run_id = new_run_id()
+    started = time.monotonic()
+    instance = up(s, new=True, role="bake", run_id=run_id)
+    try:
+        bootstrap(s, instance=instance)
+        tests(s, instance=instance)
+        made = create_image(s, instance=instance, run_id=run_id)
+    except BaseException as exc:
+        if keep_on_error and not isinstance(exc, (KeyboardInterrupt, Interrupted)):
+            s.state.put(instance, "instance")
+            s.state.end_run(run_id)
+            where = f"cloud={s.cloud_name},instance={instance.id}"
+            s.out(f"Kept instance {instance.id} at {instance.user}@{instance.address}:{instance.port} "
+                  f"(key {instance.key_file}); reach it with `fab ssh:{where}`, remove it with "
+                  f"`fab destroy:{where}`")
+        else:
+            with shielded():
+                _remove_run(s, run_id, [instance])
+        raise
+    with shielded(), s.step("destroy"):
+        s.cloud.destroy(instance)
+        s.state.remove(instance)
+        s.state.end_run(run_id)
+    log.info("%s it: done in %.2fs", s.label(), time.monotonic() - started)
+    return made
+
+
+# -- status, ssh, cleanup --------------------------------------------------------------------------
+def status(s: Session, all_clouds: bool = False) -> list[str]:
+    entries = s.state.entries(None if all_clouds else s.cloud_name)
+    if not entries:
+        return [f"No instances on cloud {s.cloud_name!r} in {s.state.path}"]
+    rows = []
+    for entry in entries:
+        inst = entry.instance
+        try:
+            cloud = s.cloud if inst.cloud == s.cloud_name else clouds.get(inst.cloud, s.config)
+            inst = cloud.refresh(inst)
+        except CislavesError as exc:
+            inst.state = f"unknown ({exc})"
+        rows.append([inst.id, inst.cloud, inst.distribution, inst.state,
+                     f"{inst.user}@{inst.address}:{inst.port}", inst.created or "", entry.role])
+    return manifest.table(rows, ["ID", "CLOUD", "DISTRIBUTION", "STATE", "SSH", "CREATED", "ROLE"])
+
+
+def ssh_argv(s: Session, instance: Instance, command: list[str]) -> list[str]:
+    """The OpenSSH command line for an interactive session (or one command, each word quoted)."""
+    argv = ["ssh", "-p", str(instance.port), "-o", "IdentitiesOnly=yes",
+            "-o", f"UserKnownHostsFile={remote.known_hosts_file(s.config.data_dir, instance)}",
+            "-o", "StrictHostKeyChecking=accept-new"]
+    if instance.key_file:
+        argv += ["-i", str(instance.key_file)]
+    if instance.proxy_command:
+        argv += ["-o", f"ProxyCommand={instance.proxy_command}"]
+    elif instance.jump_host:
+        argv += ["-J", instance.jump_host]
+    argv += ["--", f"{instance.user}@{instance.address}"]  # `--`: nothing after it is an ssh option
+    if command:
+        argv.append(shlex.join(command))  # each word quoted: the remote shell sees the same argv
+    return argv
+
+
+def images(s: Session) -> list[str]:
+    """Images this tool made on the cloud (from the cloud itself), oldest first."""
+    with s.step("images"):
+        found = s.cloud.list_images({"cislaves:tool": "cislaves"})
+    found = [i for i in found if i.run_id or i.tags.get(TAG_RUN)]
+    found.sort(key=lambda i: i.created or "")
+    rows = [[i.id, i.cloud, i.distribution or "", i.created or "", i.source_image or "", i.region or ""]
+            for i in found]
+    if not rows:
+        return [f"No images made by cislaves on cloud {s.cloud_name!r}"]
+    return manifest.table(rows, ["ID", "CLOUD", "DISTRIBUTION", "CREATED", "SOURCE", "REGION"])
+
+
+def reap(s: Session) -> list[str]:
+    """Remove what runs whose process died left behind on this cloud (found by their run tag)."""
+    removed: list[str] = []
+    runs = s.state.runs()
+    dead = [rid for rid, run in runs.items() if run.get("cloud") == s.cloud_name and not alive(run.get("owner"))]
+    for entry in s.state.entries(s.cloud_name):
+        if entry.role == "bake" and not alive(entry.owner) and entry.instance.run_id not in dead:
+            dead.append(entry.instance.run_id)
+    if not dead:
+        return removed
+    built = {b.get("artifact_id") for b in manifest.read(s.config.manifest)["builds"]}
+    with shielded():
+        for run_id in dead:
+            log.info("%s removing leftovers of interrupted run %s", s.label(), run_id)
+            known = [e.instance for e in s.state.entries(s.cloud_name) if e.instance.run_id == run_id]
+            removed += _remove_run(s, run_id, known)
+            try:
+                for image in s.cloud.list_images({TAG_RUN: run_id}):
+                    if image.id not in built:
+                        s.cloud.delete_image(image)
+                        removed.append(f"image {image.id}")
+            except CislavesError as exc:
+                log.warning("%s could not list images of run %s: %s", s.label(), run_id, exc)
+    for line in removed:
+        s.out(f"Removed leftover {line}")
+    return removed
+
+
+def cleanup(s: Session) -> list[str]:
+    """Reap dead runs, then ask the cloud to remove every resource tagged by this tool whose run the
+    state does not know as live (a run in progress, or an instance kept by `up`)."""
+    removed = reap(s)
+    keep = {e.instance.run_id for e in s.state.entries()} | set(s.state.runs())
+    with shielded(), s.step("cleanup"):
+        removed += s.cloud.cleanup(keep_run_ids=keep)
+    return removed
+
+
+def _remove_run(s: Session, run_id: str, known: list[Instance]) -> list[str]:
+    """Destroy the run's instances (those we know and those the cloud lists by the run's tag)."""
+    removed: list[str] = []
+    instances = {i.id: i for i in known}
+    try:
+        for inst in s.cloud.list_instances({TAG_RUN: run_id}):
+            instances.setdefault(inst.id, inst)
+    except Exception as exc:  # still destroy the ones we know
+        log.warning("%s could not list instances of run %s: %s", s.label(), run_id, exc)
+    ok = True
+    for inst in instances.values():
+        try:
+            log.info("%s destroying %s", s.label(), inst.id)
+            s.cloud.destroy(inst)
+            s.state.remove(inst)
+            removed.append(f"instance {inst.id}")
+        except Exception as exc:  # keep going: the rest must still be removed
+            ok = False
+            log.error("%s could not destroy %s: %s (run `fab cleanup:cloud=%s`)", s.label(), inst.id,
+                      exc, s.cloud_name)
+    if ok:
+        s.state.end_run(run_id)
+    return removed
+
+
+def run_log_path(config: Config) -> Path:
+    path = config.data_dir / "logs" / f"{isoformat(utcnow()).replace(':', '')}-{os.getpid()}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,200 @@
+"""cislaves tasks. Each task parses its arguments and calls one function of the cislaves package.
+
+Both command-line forms work with the stock `fab`:
+    fab it:cloud=local,distribution=debian12        (Fabric 1's form, kept for the seed's users)
+    fab it --cloud local --distribution debian12    (Fabric 3's own form)
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+
+from invoke import task
+from invoke.exceptions import Exit
+
+from cislaves import bake, config as config_mod, fabcompat
+from cislaves.errors import CislavesError, Interrupted
+
+CLOUD = "cloud: local, ec2, openstack, rackspace or gce (default: config defaults.cloud, else local)"
+DIST = "distribution: debian12, centos7, ubuntu14.04, ubuntu22.04, ubuntu24.04, rocky9 (default: debian12)"
+INSTANCE = "id of the instance to act on, when the state knows several (see `fab status`)"
+_REMAINDER: list[str] = []  # words after `--` (for `fab ssh -- CMD ARGS`)
+
+
+def _install_fabric1_syntax() -> None:
+    """Rewrite `task:k=v` tokens before invoke parses tasks (Program.run imports this file first)."""
+    try:
+        from fabric.main import program
+    except ImportError:
+        return
+    original = program.parse_tasks
+    if getattr(original, "cislaves", False):
+        return
+
+    def parse_tasks():
+        coll = program.collection
+        signatures = {}
+        for name, aliases in coll.task_names.items():
+            params = fabcompat.signature_of(coll[name].body)
+            for alias in [name, *aliases]:
+                signatures[alias] = params
+        program.core.unparsed = fabcompat.translate(list(program.core.unparsed), signatures)
+        argv = list(program.argv or [])
+        if "--" in argv and program.core.unparsed:
+            _REMAINDER[:] = argv[argv.index("--") + 1:]
+            program.core.remainder = ""  # ours, not Fabric's "run this on -H hosts"
+        return original()
+
+    parse_tasks.cislaves = True
+    program.parse_tasks = parse_tasks
+
+
+_install_fabric1_syntax()
+
+
+def _setup_logging() -> None:
+    if getattr(_setup_logging, "done", False):
+        return
+    debug = os.environ.get("CISLAVES_DEBUG") not in (None, "", "0")
+    logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if debug else logging.INFO,
+                        format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("paramiko", "botocore", "boto3", "urllib3", "keystoneauth", "novaclient",
+                  "googleapiclient", "asyncssh", "invoke", "fabric"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    _setup_logging.done = True
+
+
+@contextlib.contextmanager
+def _session(cloud=None, distribution=None):
+    """Load config, open a Session; turn cislaves errors into one line on stderr and a non-zero exit."""
+    _setup_logging()
+    session = None
+    try:
+        cfg = config_mod.load()
+        session = bake.Session(cfg, cloud, distribution, out=lambda line: print(line, flush=True))
+        yield session
+    except Interrupted as exc:
+        raise Exit(f"error: {exc}", code=130) from None
+    except CislavesError as exc:
+        raise Exit(f"error: {exc}", code=1) from None
+    except KeyboardInterrupt:
+        raise Exit("error: interrupted", code=130) from None
+    finally:
+        if session is not None:
+            session.close()
+
+
+@task
+def help(c):
+    """Lists the commands with a one-line description each."""
+    lines = [
+        ("bootstrap", "bootstraps an existing running instance"),
+        ("cleanup", "removes what interrupted runs left behind (found by tag)"),
+        ("create_image", "create an image from the instance"),
+        ("destroy", "destroy an existing instance"),
+        ("down", "halt an existing instance"),
+        ("enqueue", "queues a manual CI run of a change's patch set"),
+        ("help", "lists the commands"),
+        ("images", "lists the images made by this tool"),
+        ("it", "runs the full stack (up, bootstrap, tests, create_image, destroy)"),
+        ("jobs", "lists the CI queue"),
+        ("listen", "runs the Gerrit third-party CI listener"),
+        ("ssh", "opens an ssh connection to the instance (or runs `fab ssh -- CMD ARGS`)"),
+        ("status", "returns current status of the instance"),
+        ("tests", "run tests against an existing instance"),
+        ("up", "boots a new instance"),
+    ]
+    for name, text in lines:
+        print(f"{name:<13} {text}")
+    print("\nExample: fab it:cloud=local,distribution=debian12   (or: fab it --cloud local --distribution debian12)")
+    print("Arguments of a task: fab -h TASK")
+
+
+@task(help={"cloud": CLOUD, "distribution": DIST,
+            "keep_on_error": "keep the instance when a step fails, and say how to reach and remove it"})
+def it(c, cloud=None, distribution=None, keep_on_error=False):
+    """Runs the full stack: up, bootstrap, tests, create_image, destroy."""
+    with _session(cloud, distribution) as s:
+        bake.it(s, keep_on_error=keep_on_error or s.config.top.keep_on_error)
+
+
+@task(help={"cloud": CLOUD, "distribution": DIST, "image": "boot from this image id instead of the newest base",
+            "new": "boot another instance even if the state knows one on this cloud"})
+def up(c, cloud=None, distribution=None, image=None, new=False):
+    """Boots a new instance (or starts the stopped one the state knows)."""
+    with _session(cloud, distribution) as s:
+        bake.up(s, image=image, new=new)
+
+
+@task(help={"cloud": CLOUD, "distribution": DIST, "instance": INSTANCE})
+def bootstrap(c, cloud=None, distribution=None, instance=None):
+    """Bootstraps an existing running instance."""
+    with _session(cloud, distribution) as s:
+        bake.bootstrap(s, instance)
+
+
+@task(help={"cloud": CLOUD, "distribution": DIST, "instance": INSTANCE})
+def tests(c, cloud=None, distribution=None, instance=None):
+    """Run tests against an existing instance."""
+    with _session(cloud, distribution) as s:
+        bake.tests(s, instance)
+
+
+@task(help={"cloud": CLOUD, "distribution": DIST, "instance": INSTANCE})
+def create_image(c, cloud=None, distribution=None, instance=None):
+    """Create an image from the instance."""
+    with _session(cloud, distribution) as s:
+        bake.create_image(s, instance)
+
+
+@task(help={"cloud": CLOUD, "instance": INSTANCE})
+def destroy(c, cloud=None, instance=None):
+    """Destroy an existing instance."""
+    with _session(cloud) as s:
+        bake.destroy(s, instance)
+
+
+@task(help={"cloud": CLOUD, "instance": INSTANCE})
+def down(c, cloud=None, instance=None):
+    """Halt an existing instance (its disk is kept; `fab up` starts it again)."""
+    with _session(cloud) as s:
+        bake.down(s, instance)
+
+
+@task(help={"cloud": CLOUD, "all": "instances on every cloud"})
+def status(c, cloud=None, all=False):
+    """Returns current status of the instance."""
+    with _session(cloud) as s:
+        for line in bake.status(s, all_clouds=all):
+            print(line)
+
+
+@task(help={"cloud": CLOUD, "instance": INSTANCE})
+def ssh(c, cloud=None, instance=None):
+    """Opens an ssh connection to the instance; `fab ssh -- CMD ARGS` runs one command."""
+    with _session(cloud) as s:
+        inst = s.state.current(s.cloud_name, instance)
+        argv = bake.ssh_argv(s, inst, list(_REMAINDER))
+    sys.stdout.flush()
+    try:
+        os.execvp(argv[0], argv)
+    except OSError as exc:
+        raise Exit(f"error: cannot run {argv[0]}: {exc.strerror}", code=1) from None
+
+
+@task(help={"cloud": CLOUD})
+def images(c, cloud=None):
+    """Lists the images made by this tool (id, cloud, distribution, created, source)."""
+    with _session(cloud) as s:
+        for line in bake.images(s):
+            print(line)
+
+
+@task(help={"cloud": CLOUD})
+def cleanup(c, cloud=None):
+    """Removes what interrupted runs left behind on a cloud (found by the tool's tags)."""
+    with _session(cloud) as s:
+        removed = bake.cleanup(s)
+        print(f"Removed {len(removed)} leftover(s)" + "".join(f"\n  {r}" for r in removed))
