@@ -1,10 +1,16 @@
 """Shared test setup. Fixtures for local-cloud machines live in tests/fixtures_local.py."""
 import os
 import shutil
+import sys
 
 import pytest
 
 pytest_plugins = ["tests.fixtures_local"]
+
+# Subprocesses (`fab ...`) must use the same environment as the tests (the .venv of setup.sh).
+_bin = os.path.dirname(sys.executable)
+if os.environ.get("PATH", "").split(os.pathsep)[0] != _bin:
+    os.environ["PATH"] = _bin + os.pathsep + os.environ.get("PATH", "")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,0 +1,17 @@
+"""Run the real `fab` command in a subprocess, from the repository root."""
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def fab(*args: str, env: dict[str, str] | None = None, timeout: float = 600,
+        **kwargs) -> subprocess.CompletedProcess:
+    """`fab ARGS...` with the environment plus `env`; returns the completed process (text output)."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run(["fab", *args], cwd=REPO, env=full_env, capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL, **kwargs)
