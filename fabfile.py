@@ -67,22 +67,28 @@ def _setup_logging() -> None:
 
 
 @contextlib.contextmanager
-def _session(cloud=None, distribution=None):
-    """Load config, open a Session; turn cislaves errors into one line on stderr and a non-zero exit."""
+def _one_line_errors():
+    """Turn cislaves errors into one line on stderr and a non-zero exit (130 for an interrupt)."""
     _setup_logging()
-    session = None
     try:
-        cfg = config_mod.load()
-        session = bake.Session(cfg, cloud, distribution, out=lambda line: print(line, flush=True))
-        yield session
+        yield
     except Interrupted as exc:
         raise Exit(f"error: {exc}", code=130) from None
     except CislavesError as exc:
         raise Exit(f"error: {exc}", code=1) from None
     except KeyboardInterrupt:
         raise Exit("error: interrupted", code=130) from None
-    finally:
-        if session is not None:
+
+
+@contextlib.contextmanager
+def _session(cloud=None, distribution=None):
+    """Load config and open a Session for one cloud."""
+    with _one_line_errors():
+        session = bake.Session(config_mod.load(), cloud, distribution,
+                               out=lambda line: print(line, flush=True))
+        try:
+            yield session
+        finally:
             session.close()
 
 
@@ -198,3 +204,34 @@ def cleanup(c, cloud=None):
     with _session(cloud) as s:
         removed = bake.cleanup(s)
         print(f"Removed {len(removed)} leftover(s)" + "".join(f"\n  {r}" for r in removed))
+
+
+@task
+def listen(c):
+    """Runs the Gerrit third-party CI listener and its workers until SIGINT/SIGTERM."""
+    from cislaves.ci import cli as ci_cli
+
+    with _one_line_errors():
+        ci_cli.listen(config_mod.load())
+
+
+@task(help={"limit": "how many jobs to show, newest first (default 200)"})
+def jobs(c, limit=200):
+    """Lists the CI queue (state, change, patch set, project, trigger, age)."""
+    from cislaves.ci import cli as ci_cli
+
+    with _one_line_errors():
+        for line in ci_cli.jobs(config_mod.load(), limit=int(limit)):
+            print(line)
+
+
+@task(help={"change": "Gerrit change number", "patchset": "patch set number"})
+def enqueue(c, change=None, patchset=None):
+    """Queues a manual CI run of a change's patch set."""
+    from cislaves.ci import cli as ci_cli
+
+    with _one_line_errors():
+        if change is None or patchset is None:
+            raise config_mod.ConfigError("enqueue needs change=N and patchset=M "
+                                         "(fab enqueue:change=1234,patchset=2)")
+        print(ci_cli.enqueue(config_mod.load(), change, patchset))
