@@ -38,7 +38,7 @@ def connection(instance: Instance, data_dir: Path, *, user: str | None = None,
     """A Fabric Connection to `instance` (not yet opened)."""
     if not instance.address:
         raise SSHError(f"{instance.cloud} instance {instance.id} has no address to connect to")
-    connect_kwargs = {"look_for_keys": False, "allow_agent": False, "timeout": connect_timeout,
+    connect_kwargs = {"look_for_keys": False, "allow_agent": False,
                       "banner_timeout": connect_timeout, "auth_timeout": connect_timeout}
     if instance.key_file:
         connect_kwargs["key_filename"] = [str(instance.key_file)]

@@ -14,6 +14,7 @@ import time
 import pytest
 import yaml
 
+from cislaves.clouds.base import generate_keypair
 from tests.cli import REPO, fab
 from tests.fixtures_local import tool_leftovers
 
@@ -24,10 +25,11 @@ pytestmark = [pytest.mark.root, pytest.mark.slow]
 def bake_env(tmp_path, local_cache_dir):
     """A config of its own (own data dir, shared base-image cache, minimal package set)."""
     data_dir = tmp_path / "data"
+    master_key = generate_keypair(tmp_path / "jenkins-master", comment="jenkins@master")
 
     def make(**extra):
         config = {"data_dir": str(data_dir), "clouds": {"local": {"cache_dir": str(local_cache_dir)}},
-                  "provision": {"package_set": "minimal"}}
+                  "provision": {"package_set": "minimal"}, "ci_user": {"authorized_key": master_key}}
         for key, value in extra.items():
             config.setdefault(key, {}).update(value) if isinstance(value, dict) else config.update({key: value})
         path = tmp_path / "cislaves.yaml"
