@@ -19,7 +19,7 @@ from cislaves.errors import ConfigError
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "segredos" / "cislaves.yaml"
 DEFAULT_DATA_DIR = Path("/var/lib/cislaves")
-SECRET_WORDS = ("password", "secret", "token", "private", "credential")
+SECRET_WORDS = ("password", "secret", "token", "private", "credential", "api_key")
 
 
 class Strict(BaseModel):
