@@ -1,0 +1,138 @@
+"""`fab it:cloud=gce` end to end: the real `fab` in a subprocess, GCE answered by the fake compute server,
+and the SSH steps reaching a local-cloud machine through the address override (clouds.gce.ssh_host/ssh_port).
+Afterwards the fake holds the image and nothing else of the run."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import yaml
+
+from cislaves import remote
+from cislaves.clouds.base import generate_keypair
+from tests.cli import fab
+from tests.gce.conftest import PROJECT, ZONE
+
+QUOTA = "Quota 'CPUS' exceeded.  Limit: 8.0 in region europe-west1."
+
+
+@pytest.fixture
+def gce_fab_env(gce_server, gce_credentials, tmp_path):
+    """make(machine=None) -> the environment for `fab` using the fake (and SSH to `machine`, if given)."""
+    def make(machine=None):
+        section = {"zone": ZONE, "api_endpoint": gce_server.endpoint, "poll_max_delay": 0.2}
+        env = {"GOOGLE_APPLICATION_CREDENTIALS": str(gce_credentials), "GCE_PROJECT": PROJECT,
+               "CISLAVES_DATA_DIR": "", "CISLAVES_MANIFEST": ""}
+        if machine is not None:
+            section.update(ssh_host=machine.address, ssh_port=machine.port)
+            env.update(GCE_PRIVATE_KEY_FILENAME=machine.key_file, GCE_PUBLIC_KEY_FILENAME=machine.key_file + ".pub",
+                       OS_USERNAME="root")
+        ci_key = generate_keypair(tmp_path / "ci-master", comment="ci-master")
+        path = tmp_path / "fab-config.yaml"
+        path.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "fab-data"), "clouds": {"gce": section},
+                                        "provision": {"package_set": "minimal"},
+                                        "ci_user": {"authorized_key": ci_key}}))
+        env["CISLAVES_CONFIG"] = str(path)
+        return env
+
+    return make
+
+
+def the_error_line(result) -> str:
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr + result.stdout, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    return errors[0]
+
+
+def assert_only_images_left(fake, images: list[str]) -> None:
+    state = fake.snapshot()
+    assert state["instances"] == [] and state["disks"] == [], state
+    mine = [i["name"] for i in state["images"] if f"/projects/{PROJECT}/" in i["selfLink"]]
+    assert mine == images
+
+
+def test_quota_error_is_one_line_and_leaves_nothing(gce_server, gce_fab_env):
+    gce_server.fake.inject("instances.insert", error=("QUOTA_EXCEEDED", QUOTA))
+    result = fab("it:cloud=gce,distribution=debian12", env=gce_fab_env(), timeout=120)
+    line = the_error_line(result)
+    assert re.match(r"^error: \[gce/debian12\] up failed: gce: creating instance cislaves-debian12-\S+ in "
+                    r"europe-west1-b failed: QUOTA_EXCEEDED: Quota 'CPUS' exceeded\. Limit: 8\.0", line), line
+    assert_only_images_left(gce_server.fake, [])
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_fab_it_bakes_on_gce_through_a_local_machine(gce_server, gce_fab_env, local_machine, tmp_path):
+    result = fab("it:cloud=gce,distribution=debian12", env=gce_fab_env(local_machine), timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr
+    image = re.search(r"^Image: (\S+)$", result.stdout, re.M)[1]
+    assert f"GCE image: projects/{PROJECT}/global/images/{image} (family cislaves-debian12)" in result.stdout
+    fake = gce_server.fake
+    assert_only_images_left(fake, [image])
+    raw = next(i for i in fake.snapshot()["images"] if i["name"] == image)
+    assert raw["status"] == "READY" and raw["family"] == "cislaves-debian12"
+    assert raw["labels"]["cislaves-distribution"] == "debian12"
+    (created,) = fake.inserted
+    assert raw["sourceDisk"] == created["disks"][0]["source"]  # imaged from the boot disk, before deletion
+    keys = {i["key"]: i["value"] for i in created["metadata"]["items"]}
+    public = open(local_machine.key_file + ".pub").read().split()[:2]
+    assert keys["ssh-keys"] == f"root:{' '.join(public)} root"
+    assert fake.calls.index("images.insert") < fake.calls.index("instances.delete")
+    listed = fab("images:cloud=gce", env=gce_fab_env(local_machine), timeout=120)
+    assert re.search(rf"^{re.escape(image)}\s+gce\s+debian12\s+\S+\s+projects/debian-cloud/global/images/",
+                     listed.stdout, re.M), listed.stdout + listed.stderr
+    # the provisioning really ran on the machine SSH reached: the CI user exists there
+    conn = remote.wait_for_ssh(local_machine, tmp_path / "probe", timeout=30)
+    try:
+        assert remote.run(conn, ["id", "-u", "jenkins"], hide=True, warn=True).exited == 0
+    finally:
+        conn.close()
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_image_operation_error_is_one_line_and_leaves_nothing(gce_server, gce_fab_env, local_machine):
+    gce_server.fake.inject("images.insert", error=("INTERNAL_ERROR", "Internal error. Please try again."),
+                           keep=True)
+    result = fab("it:cloud=gce,distribution=debian12", env=gce_fab_env(local_machine), timeout=900)
+    line = the_error_line(result)
+    assert re.match(r"^error: \[gce/debian12\] create_image failed: gce: creating image \S+ from disk \S+ "
+                    r"failed: INTERNAL_ERROR: Internal error\. Please try again\.$", line), line
+    assert_only_images_left(gce_server.fake, [])
+
+
+def test_fab_cleanup_removes_what_a_crashed_run_left(gce_server, gce_fab_env, make_gce, debian12_gce, tmp_path):
+    from tests.contract import make_spec
+
+    env = gce_fab_env()
+    cloud = make_gce()
+    left = cloud.launch(make_spec(cloud, debian12_gce, tmp_path / "keys"))  # no state knows this run
+    result = fab("cleanup:cloud=gce", env=env, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert left.id in result.stdout + result.stderr
+    assert_only_images_left(gce_server.fake, [])
+
+
+def test_application_default_credentials_of_gcloud(gce_server, gce_fab_env, tmp_path):
+    """No key file named: google.auth.default finds gcloud's well-known file (CLOUDSDK_CONFIG)."""
+    sdk = tmp_path / "gcloud"
+    sdk.mkdir()
+    (sdk / "application_default_credentials.json").write_text(json.dumps(gce_server.service_account_info(PROJECT)))
+    env = {**gce_fab_env(), "GOOGLE_APPLICATION_CREDENTIALS": "", "CLOUDSDK_CONFIG": str(sdk), "GCE_PROJECT": ""}
+    result = fab("images:cloud=gce", env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "No images made by cislaves on cloud 'gce'" in result.stdout
+    assert gce_server.token_requests == 1 and "images.list" in gce_server.fake.calls
+
+
+def test_no_credentials_at_all_is_one_line(gce_server, gce_fab_env, tmp_path):
+    env = {**gce_fab_env(), "GOOGLE_APPLICATION_CREDENTIALS": "", "CLOUDSDK_CONFIG": str(tmp_path),
+           "NO_GCE_CHECK": "true"}  # not on GCE: no metadata server to ask
+    line = the_error_line(fab("images:cloud=gce", env=env, timeout=120))
+    assert line.startswith("error: [gce/debian12] images failed: clouds.gce.credentials_file (or "
+                           "GOOGLE_APPLICATION_CREDENTIALS): not set and no application default credentials "
+                           "were found"), line
+    assert gce_server.fake.calls == []

@@ -1,0 +1,45 @@
+"""GCE naming rules: tags to labels and back, resource names, list filters."""
+import pytest
+
+from cislaves.clouds.base import TAG_EXPIRES, TAG_RUN, new_run_id, standard_tags
+from cislaves.clouds.gce_labels import label_filter, labels_from_tags, resource_name, tags_from_labels
+from tests.gce.fake_gce import LABEL_KEY, LABEL_VALUE, NAME, parse_filter
+
+
+def test_standard_tags_become_valid_labels_and_come_back_exactly():
+    run_id = new_run_id()
+    tags = standard_tags(run_id, "ubuntu22.04", "bake", name="cislaves-ubuntu22.04-X")
+    labels = labels_from_tags(tags)
+    assert labels["cislaves-run-id"] == run_id
+    assert labels["cislaves-distribution"] == "ubuntu22-04"
+    for key, value in labels.items():
+        assert LABEL_KEY.match(key) and LABEL_VALUE.match(value), (key, value)
+    back = tags_from_labels(labels)
+    assert back[TAG_RUN] == run_id
+    assert back[TAG_EXPIRES] == tags[TAG_EXPIRES]  # the ISO instant survives the label rules
+    assert back["Name"] == "cislaves-ubuntu22-04-x"
+
+
+@pytest.mark.parametrize("key,value", [
+    ("Owner Team", "Ops & Infra"),
+    ("9lives", "x" * 100),
+    ("café:été", "Ünïcode/Value"),
+    ("---", ""),
+])
+def test_any_tag_maps_to_a_label_gce_accepts(key, value):
+    labels = labels_from_tags({key: value})
+    ((label, label_value),) = labels.items()
+    assert LABEL_KEY.match(label), label
+    assert LABEL_VALUE.match(label_value), label_value
+
+
+@pytest.mark.parametrize("text", ["cislaves-debian12-20261122023525-abc123", "CISlaves_Ubuntu22.04",
+                                  "9-starts-with-digit", "ends-with-dash-", "x" * 80 + "-y", "---"])
+def test_resource_names_follow_gce_rules(text):
+    assert NAME.match(resource_name(text))
+
+
+def test_label_filter_is_what_the_api_parses():
+    text = label_filter({"cislaves-tool": "cislaves", "cislaves-run-id": "20261122-abc"})
+    assert parse_filter(text) == [("labels.cislaves-run-id", "=", "20261122-abc"),
+                                  ("labels.cislaves-tool", "=", "cislaves")]
