@@ -7,6 +7,10 @@ Selectors, per cloud key:
 - "openstack":  {"name": regex on image name}; newest active wins
 - "rackspace":  {"name": regex on image name}
 - "local":      {"suite": debootstrap suite, "mirror": URL, "script": debootstrap script name}
+
+The provisioning scripts live in scripts/ (<name>.sh with the shared lib.sh and apt.sh/el.sh); the
+`bootstrap` step is cislaves.distros.provision.provision, the `tests` step
+cislaves.distros.checks.run_checks.
 """
 from __future__ import annotations
 
