@@ -1,0 +1,126 @@
+"""The `gerrit:` and `ci:` configuration sections, validated (one-line errors name the file and key)."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from cislaves.config import Config, Strict
+from cislaves.errors import ConfigError
+
+GERRIT_ENV = {
+    "host": "CISLAVES_GERRIT_HOST",
+    "port": "CISLAVES_GERRIT_PORT",
+    "user": "CISLAVES_GERRIT_USER",
+    "key_file": "CISLAVES_GERRIT_KEY_FILE",
+    "known_hosts": "CISLAVES_GERRIT_KNOWN_HOSTS",
+}
+EventType = Literal["patchset-created", "comment-added", "change-merged"]
+PatchSetKind = Literal["REWORK", "TRIVIAL_REBASE", "MERGE_FIRST_PARENT_UPDATE", "NO_CODE_CHANGE", "NO_CHANGE"]
+
+
+class GerritSettings(Strict):
+    """How to reach Gerrit's SSH port."""
+
+    host: str | None = None
+    port: int = Field(29418, ge=1, le=65535)
+    user: str | None = None
+    key_file: Path | None = None
+    known_hosts: Path = Path("~/.ssh/known_hosts")
+    accept_first_host_key: bool = False  # pin an unknown host key into known_hosts instead of refusing
+    keepalive: float = Field(15, gt=0)  # seconds between SSH keepalives
+    connect_timeout: float = Field(30, gt=0)
+    backoff_first: float = Field(1, gt=0)  # reconnect delay after the first failure, doubled each time
+    backoff_max: float = Field(120, gt=0)  # cap of the reconnect delay (full jitter below the cap)
+    max_line_bytes: int = Field(1 << 20, ge=1024)  # longer stream lines are skipped and counted
+    catchup_margin: float = Field(300, ge=0)  # seconds subtracted from the last event seen when catching up
+    query_limit: int = Field(500, ge=1, le=10000)
+
+
+class Approval(Strict):
+    """A vote that triggers a job, e.g. Verified +1 given by the upstream CI account."""
+
+    label: str = "Verified"
+    value: int = 1
+    by: str | None = None  # username or e-mail; None: anybody
+
+
+class Trigger(Strict):
+    """One rule: which projects/branches/events become jobs. Patterns starting with `re:` are regexes."""
+
+    name: str = Field("check", pattern=r"^[A-Za-z0-9_.-]{1,40}$")
+    projects: list[str] = Field(default_factory=lambda: ["re:.*"])
+    branches: list[str] = Field(default_factory=lambda: ["re:.*"])
+    events: list[EventType] = Field(default_factory=lambda: ["patchset-created", "comment-added"])
+    skip_kinds: list[PatchSetKind] = Field(default_factory=lambda: ["NO_CODE_CHANGE", "TRIVIAL_REBASE",
+                                                                     "NO_CHANGE"])
+    comments: list[str] | None = None  # regexes on the comment body; None: recheck / recheck <ci name>
+    approvals: list[Approval] = Field(default_factory=list)
+    include_wip: bool = False
+    include_private: bool = False
+
+    @field_validator("projects", "branches")
+    @classmethod
+    def _patterns_compile(cls, values: list[str]) -> list[str]:
+        for value in values:
+            _compile(value[3:] if value.startswith("re:") else re.escape(value))
+        return values
+
+    @field_validator("comments")
+    @classmethod
+    def _comments_compile(cls, values: list[str] | None) -> list[str] | None:
+        for value in values or []:
+            _compile(value)
+        return values
+
+
+class CISettings(Strict):
+    """The CI service: its name (as in `recheck <name>`), triggers and worker threads."""
+
+    name: str = Field("cislaves", pattern=r"^[A-Za-z0-9_.-]{1,60}$")
+    workers: int = Field(2, ge=1, le=256)
+    triggers: list[Trigger] = Field(default_factory=lambda: [Trigger()])
+    stop_grace: float = Field(10, ge=0)  # seconds `listen` waits for running jobs on SIGINT/SIGTERM
+    queue: Path | None = None  # default: <data_dir>/ci/queue.sqlite
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "CISettings":
+        names = [t.name for t in self.triggers]
+        if len(names) != len(set(names)):
+            raise ValueError(f"trigger names must be unique, got {names}")
+        return self
+
+
+def gerrit_settings(config: Config, need_connection: bool = True) -> GerritSettings:
+    """The validated `gerrit:` section; with need_connection, host and user must be set."""
+    settings = config.section("gerrit", GerritSettings, env=GERRIT_ENV)
+    if need_connection:
+        for key in ("host", "user"):
+            if not getattr(settings, key):
+                raise ConfigError(f"{config.where}: gerrit.{key}: required to talk to Gerrit "
+                                  f"(or set {GERRIT_ENV[key]})")
+    settings.known_hosts = config.relative(settings.known_hosts)
+    if settings.key_file is not None:
+        settings.key_file = config.relative(settings.key_file)
+        if not settings.key_file.is_file():
+            raise ConfigError(f"{config.where}: gerrit.key_file: {settings.key_file} is not a readable file")
+    return settings
+
+
+def ci_settings(config: Config) -> CISettings:
+    """The validated `ci:` section."""
+    return config.section("ci", CISettings)
+
+
+def queue_path(config: Config, settings: CISettings) -> Path:
+    """Where the job queue lives: ci.queue, else <data_dir>/ci/queue.sqlite."""
+    return config.relative(settings.queue) if settings.queue else config.data_dir / "ci" / "queue.sqlite"
+
+
+def _compile(pattern: str) -> re.Pattern:
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"not a valid regular expression {pattern!r}: {exc}") from None
