@@ -24,6 +24,11 @@ if ((${#missing[@]})); then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# Each local machine's systemd takes a few inotify instances; the kernel's default (128) allows ~25.
+if (( $(sysctl -n fs.inotify.max_user_instances) < 1024 )); then
+  sysctl -q -w fs.inotify.max_user_instances=1024
+fi
+
 if [[ ! -x .venv/bin/python ]]; then
   echo "==> python3 -m venv .venv"
   python3 -m venv .venv
