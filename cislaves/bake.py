@@ -186,7 +186,13 @@ def create_image(s: Session, instance_id: str | None = None, instance: Instance 
         made = [image]
         regions = s.cloud.copy_regions()
         if regions:
-            made += s.cloud.copy_image(image, regions)
+            try:
+                made += s.cloud.copy_image(image, regions)
+            except BaseException:
+                # an image without its region copies is not what was asked for: remove it
+                with shielded():
+                    s.cloud.delete_image(image)
+                raise
     manifest.record(s.config.manifest, made, distribution=s.distribution.name, run_id=run_id,
                     name=name, source_image=instance.image_id)
     s.out(f"Image: {image.id}")

@@ -183,3 +183,16 @@ def test_cleanup_removes_what_a_killed_fab_left(ec2_env, proxy, left, tmp_path):
     assert cleaned.returncode == 0, cleaned.stderr[-2000:]
     assert "Removed leftover instance i-" in cleaned.stdout
     assert left(run["id"]) == []
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_a_failed_region_copy_removes_the_new_ami_too(ec2_env, local_machine, proxy, moto_url, left):
+    """An image without the region copies asked for is not a result: the pipeline removes it."""
+    env = ec2_env(local_machine)
+    proxy.fail("CopyImage", 50, code="InvalidParameterValue", status=400)
+    result = fab("it:cloud=ec2,distribution=debian12", env=env, timeout=600)
+    assert result.returncode == 1
+    assert "create_image failed" in one_error_line(result.stderr)
+    assert "DeregisterImage" in proxy.actions
+    assert left(run_id_of(result.stdout, moto_url), ("us-west-2", COPY_REGION)) == []
