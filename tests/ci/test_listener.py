@@ -77,7 +77,8 @@ def test_drops_during_stream_every_matching_event_is_one_job(gerrit, make_config
     jobs = job_rows(config)
     seen = [(j.change, j.patchset, j.event_type) for j in jobs]
     assert sorted(seen) == sorted(expected), "every matching event exactly once"
-    assert service.stats.catchups >= 4 and service.stats.bad_lines == 0
+    # a drop during a running catch-up makes the next catch-up cover both: fewer than 4 is correct
+    assert 1 <= service.stats.catchups <= 5 and service.stats.bad_lines == 0
     ran = [j for j in jobs if j.state == "succeeded"]
     assert sorted((j.change, j.patchset, j.event_type) for j in ran) == sorted(work.ran)
     assert any("since:" in c for c in gerrit.commands)
