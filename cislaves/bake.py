@@ -21,7 +21,7 @@ from cislaves import clouds, distros, images as manifest, remote
 from cislaves.clouds.base import (TAG_RUN, Image, Instance, LaunchSpec, isoformat, new_run_id,
                                   standard_tags, utcnow)
 from cislaves.config import Config
-from cislaves.errors import CislavesError, CloudError, Interrupted
+from cislaves.errors import CislavesError, CloudError, Interrupted, StateError
 from cislaves.state import State, alive
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,10 @@ def up(s: Session, image: str | None = None, new: bool = False, role: str = "ins
                 if instance.state == "running":
                     s.out(f"Already up: {instance.id} at {instance.user}@{instance.address}:{instance.port}")
                     return instance
-                s.state.remove(instance)  # gone or broken: forget it and boot a new one
+                if instance.state != "terminated":  # never forget something that may still exist
+                    raise StateError(f"instance {instance.id} is {instance.state}; wait for it, or remove it "
+                                     f"with `fab destroy:cloud={s.cloud_name},instance={instance.id}`")
+                s.state.remove(instance)  # gone: forget it and boot a new one
     run_id = run_id or new_run_id()
     s.state.start_run(run_id, s.cloud_name, s.distribution.name, role)
     launched: list[Instance] = []
