@@ -201,3 +201,18 @@ def test_keep_on_error_keeps_the_instance_and_says_how_to_reach_it(bake_env, tmp
     assert fab(f"ssh:instance={instance}", "--", "true", env=env).returncode == 0
     assert fab(f"destroy:cloud=local,instance={instance}", env=env).returncode == 0
     assert tool_leftovers(bake_env.data_dir) == []
+
+
+def test_up_forgets_an_instance_that_is_gone_and_boots_a_new_one(bake_env):
+    env = bake_env()
+    bake_env.data_dir.mkdir(parents=True, exist_ok=True)
+    gone = {"id": "vm-gone-000000", "cloud": "local", "name": "gone", "distribution": "debian12",
+            "run_id": "20200101000000-000000", "state": "running", "address": "10.213.255.254"}
+    (bake_env.data_dir / "state.json").write_text(json.dumps(
+        {"version": 1, "runs": {}, "instances": {"local:vm-gone-000000": {
+            "instance": gone, "role": "instance", "owner": {"pid": 1, "start": "0"}}}}))
+    result = fab("up:cloud=local", env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    new = re.search(r"^Instance: (vm-\S+) at root@", result.stdout, re.M).group(1)
+    assert list(state_instances(bake_env.data_dir)) == [f"local:{new}"]
+    assert fab("destroy", env=env).returncode == 0
