@@ -9,20 +9,19 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import shlex
 import signal
 import time
 import traceback
-from pathlib import Path
 from typing import Callable, Iterator
 
-from cislaves import clouds, distros, images as manifest, remote
-from cislaves.clouds.base import (TAG_RUN, Image, Instance, LaunchSpec, isoformat, new_run_id,
+from cislaves import TOOL, clouds, distros, images as manifest, remote
+from cislaves.clouds.base import (TAG_RUN, TAG_TOOL, Image, Instance, LaunchSpec, new_run_id,
                                   standard_tags, utcnow)
 from cislaves.config import Config
 from cislaves.errors import CislavesError, CloudError, Interrupted, StateError
 from cislaves.state import State, alive
+from cislaves.util import table
 
 log = logging.getLogger(__name__)
 
@@ -123,10 +122,10 @@ def up(s: Session, image: str | None = None, new: bool = False, role: str = "ins
                 if instance.state == "stopped":
                     instance = s.cloud.start(instance)
                     s.state.put(instance, "instance")
-                    s.out(f"Started {instance.id} at {instance.user}@{instance.address}:{instance.port}")
+                    s.out(f"Started {instance.id} at {instance.ssh_target}")
                     return instance
                 if instance.state == "running":
-                    s.out(f"Already up: {instance.id} at {instance.user}@{instance.address}:{instance.port}")
+                    s.out(f"Already up: {instance.id} at {instance.ssh_target}")
                     return instance
                 if instance.state != "terminated":  # never forget something that may still exist
                     raise StateError(f"instance {instance.id} is {instance.state}; wait for it, or remove it "
@@ -145,7 +144,7 @@ def up(s: Session, image: str | None = None, new: bool = False, role: str = "ins
             instance = s.cloud.launch(spec)
             launched.append(instance)
             s.state.put(instance, role)
-            s.out(f"Instance: {instance.id} at {instance.user}@{instance.address}:{instance.port}")
+            s.out(f"Instance: {instance.id} at {instance.ssh_target}")
     except BaseException:
         with shielded():
             _remove_run(s, run_id, launched)
@@ -245,7 +244,7 @@ def _it(s: Session, keep_on_error: bool) -> list[Image]:
             s.state.put(instance, "instance")
             s.state.end_run(run_id)
             where = f"cloud={s.cloud_name},instance={instance.id}"
-            s.out(f"Kept instance {instance.id} at {instance.user}@{instance.address}:{instance.port} "
+            s.out(f"Kept instance {instance.id} at {instance.ssh_target} "
                   f"(key {instance.key_file}); reach it with `fab ssh:{where}`, remove it with "
                   f"`fab destroy:{where}`")
         else:
@@ -266,16 +265,18 @@ def status(s: Session, all_clouds: bool = False) -> list[str]:
     if not entries:
         return [f"No instances on cloud {s.cloud_name!r} in {s.state.path}"]
     rows = []
+    drivers = {}  # one driver per cloud, however many of its instances the state lists
     for entry in entries:
         inst = entry.instance
         try:
-            cloud = s.cloud if inst.cloud == s.cloud_name else clouds.get(inst.cloud, s.config)
-            inst = cloud.refresh(inst)
+            if inst.cloud not in drivers:
+                drivers[inst.cloud] = s.cloud if inst.cloud == s.cloud_name else clouds.get(inst.cloud, s.config)
+            inst = drivers[inst.cloud].refresh(inst)
         except CislavesError as exc:
             inst.state = f"unknown ({exc})"
         rows.append([inst.id, inst.cloud, inst.distribution, inst.state,
-                     f"{inst.user}@{inst.address}:{inst.port}", inst.created or "", entry.role])
-    return manifest.table(rows, ["ID", "CLOUD", "DISTRIBUTION", "STATE", "SSH", "CREATED", "ROLE"])
+                     inst.ssh_target, inst.created or "", entry.role])
+    return table(rows, ["ID", "CLOUD", "DISTRIBUTION", "STATE", "SSH", "CREATED", "ROLE"])
 
 
 def ssh_argv(s: Session, instance: Instance, command: list[str]) -> list[str]:
@@ -298,14 +299,14 @@ def ssh_argv(s: Session, instance: Instance, command: list[str]) -> list[str]:
 def images(s: Session) -> list[str]:
     """Images this tool made on the cloud (from the cloud itself), oldest first."""
     with s.step("images"):
-        found = s.cloud.list_images({"cislaves:tool": "cislaves"})
+        found = s.cloud.list_images({TAG_TOOL: TOOL})
     found = [i for i in found if i.run_id or i.tags.get(TAG_RUN)]
     found.sort(key=lambda i: i.created or "")
     rows = [[i.id, i.cloud, i.distribution or "", i.created or "", i.source_image or "", i.region or ""]
             for i in found]
     if not rows:
         return [f"No images made by cislaves on cloud {s.cloud_name!r}"]
-    return manifest.table(rows, ["ID", "CLOUD", "DISTRIBUTION", "CREATED", "SOURCE", "REGION"])
+    return table(rows, ["ID", "CLOUD", "DISTRIBUTION", "CREATED", "SOURCE", "REGION"])
 
 
 def reap(s: Session) -> list[str]:
@@ -370,8 +371,3 @@ def _remove_run(s: Session, run_id: str, known: list[Instance]) -> list[str]:
         s.state.end_run(run_id)
     return removed
 
-
-def run_log_path(config: Config) -> Path:
-    path = config.data_dir / "logs" / f"{isoformat(utcnow()).replace(':', '')}-{os.getpid()}.log"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path

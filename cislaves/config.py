@@ -19,7 +19,6 @@ from cislaves.errors import ConfigError
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "segredos" / "cislaves.yaml"
 DEFAULT_DATA_DIR = Path("/var/lib/cislaves")
-SECRET_WORDS = ("password", "secret", "token", "private", "credential", "api_key")
 
 
 class Strict(BaseModel):
@@ -166,22 +165,6 @@ class Config:
     def cloud_settings(self, cloud: str, model: type[BaseModel] | None = None,
                        env: Mapping[str, str] | None = None) -> Any:
         return self.section(f"clouds.{cloud}", model, env)
-
-    def redacted(self) -> dict[str, Any]:
-        """The raw configuration with secret values replaced, for display."""
-        return redact(self.raw)
-
-
-def redact(value: Any, key: str = "") -> Any:
-    if isinstance(value, Mapping):
-        return {k: redact(v, str(k)) for k, v in value.items()}
-    if isinstance(value, list):
-        return [redact(v, key) for v in value]
-    lowered = key.lower()
-    if value not in (None, "") and any(word in lowered for word in SECRET_WORDS) and not lowered.endswith(
-            ("_file", "_filename", "_path")):
-        return "***"
-    return value
 
 
 def load(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:

@@ -1,17 +1,15 @@
-"""The manifest of baked images (as Packer's manifest post-processor writes it) and image listings."""
+"""The manifest of baked images, as Packer's manifest post-processor writes it."""
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from cislaves.clouds.base import Image
 from cislaves.errors import ConfigError
+from cislaves.util import write_json
 
 
 def record(manifest: Path, images: list[Image], *, distribution: str, run_id: str, name: str,
@@ -37,16 +35,7 @@ def record(manifest: Path, images: list[Image], *, distribution: str, run_id: st
                 "copy_of": image.extra.get("copy_of"),
             })
         data["last_run_uuid"] = run_id
-        fd, tmp = tempfile.mkstemp(dir=manifest.parent, prefix=".manifest.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(data, fh, indent=2)
-                fh.write("\n")
-            os.replace(tmp, manifest)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        write_json(manifest, data, sort_keys=False)
     return data
 
 
@@ -61,9 +50,3 @@ def read(manifest: Path) -> dict[str, Any]:
         raise ConfigError(f"{manifest}: manifest: expected an object with a 'builds' list")
     return data
 
-
-def table(rows: list[list[str]], header: list[str]) -> list[str]:
-    """Plain aligned columns."""
-    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
-    fmt = "  ".join("{:<%d}" % w for w in widths)
-    return [fmt.format(*header).rstrip()] + [fmt.format(*[str(c) for c in r]).rstrip() for r in rows]

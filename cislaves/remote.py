@@ -80,8 +80,7 @@ def wait_for_ssh(instance: Instance, data_dir: Path, timeout: float) -> Connecti
                     first_delay=0.1, max_delay=2.0, describe=lambda: last[0])
 
 
-def command_line(argv: Sequence[str], *, sudo: bool = False, env: Mapping[str, str] | None = None,
-                 cwd: str | None = None) -> str:
+def command_line(argv: Sequence[str], *, sudo: bool = False, env: Mapping[str, str] | None = None) -> str:
     """A shell line from an argv list: every element quoted; env as `env K=V`, sudo as `sudo -n`."""
     if not argv:
         raise ValueError("empty command")
@@ -91,10 +90,7 @@ def command_line(argv: Sequence[str], *, sudo: bool = False, env: Mapping[str, s
     if env:
         parts += ["env"] + [f"{k}={v}" for k, v in env.items()]
     parts += list(argv)
-    line = shlex.join(parts)
-    if cwd:
-        line = f"cd {shlex.quote(cwd)} && {line}"
-    return line
+    return shlex.join(parts)
 
 
 def run(conn: Connection, argv: Sequence[str], *, sudo: bool = False, env: Mapping[str, str] | None = None,

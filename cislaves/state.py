@@ -11,37 +11,27 @@ import fcntl
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 from cislaves.clouds.base import Instance, isoformat, utcnow
 from cislaves.errors import StateError
+from cislaves.util import start_time, write_json
 
 log = logging.getLogger(__name__)
 VERSION = 1
 
 
-def process_start(pid: int) -> str | None:
-    """The start time of process `pid` (field 22 of /proc/PID/stat), None if it does not exist.
-    Together with the pid it identifies a process even when pids are reused."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
 def me() -> dict[str, Any]:
     pid = os.getpid()
-    return {"pid": pid, "start": process_start(pid)}
+    return {"pid": pid, "start": start_time(pid)}
 
 
 def alive(owner: dict[str, Any] | None) -> bool:
     if not owner:
         return False
-    return process_start(int(owner.get("pid", -1))) == owner.get("start")
+    return start_time(int(owner.get("pid", -1))) == owner.get("start")
 
 
 @dataclass
@@ -96,17 +86,7 @@ class State:
             fcntl.flock(lock, fcntl.LOCK_EX)
             data = self.read()
             yield data
-            fd, tmp = tempfile.mkstemp(dir=self.data_dir, prefix=".state.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "w") as fh:
-                    json.dump(data, fh, indent=2, sort_keys=True)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, self.path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+            write_json(self.path, data)
 
     def start_run(self, run_id: str, cloud: str, distribution: str, role: str) -> None:
         with self.edit() as data:

@@ -20,6 +20,7 @@ from cislaves.ci.settings import ci_settings, gerrit_settings, queue_path
 from cislaves.ci.stream import Gerrit
 from cislaves.config import Config
 from cislaves.errors import ConfigError, GerritError
+from cislaves.util import table
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +69,8 @@ def jobs(config: Config, limit: int = 200) -> list[str]:
     if not rows:
         return [f"no jobs (queue {path} is empty)"]
     now = time.time()
-    table = [("ID", "STATE", "CHANGE", "PS", "PROJECT", "TRIGGER", "AGE")]
-    table += [(str(j.id), j.state, str(j.change), str(j.patchset), j.project or "-", j.trigger,
-               _age(now - j.created)) for j in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
+    lines = table([[j.id, j.state, j.change, j.patchset, j.project or "-", j.trigger, _age(now - j.created)]
+                   for j in rows], ["ID", "STATE", "CHANGE", "PS", "PROJECT", "TRIGGER", "AGE"])
     lines.append(", ".join(f"{n} {state}" for state, n in counts.items() if n) + f" (queue {path})")
     return lines
 

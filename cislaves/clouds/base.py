@@ -81,6 +81,11 @@ class Instance:
     tags: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)  # driver data: key pair name, group id, disks...
 
+    @property
+    def ssh_target(self) -> str:
+        """user@address:port, as the output shows where an instance is reached."""
+        return f"{self.user}@{self.address}:{self.port}"
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

@@ -19,6 +19,7 @@ from cislaves.clouds.base import wait_for
 from cislaves.clouds import local_net as net
 from cislaves.clouds.local_net import run
 from cislaves.errors import CloudError
+from cislaves.util import start_time
 
 log = logging.getLogger(__name__)
 
@@ -99,18 +100,6 @@ def tool_cgroups() -> list[str]:
         if (root / CGROUP_PARENT).is_dir():
             names.update(p.name for p in (root / CGROUP_PARENT).iterdir() if p.is_dir())
     return sorted(names)
-
-
-def start_time(pid: int) -> int | None:
-    """The kernel start time of a process (field 22 of /proc/PID/stat), None if it is gone or a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    if fields[0] in ("Z", "X"):
-        return None
-    return int(fields[19])
 
 
 def cmdline(pid: int) -> list[str]:

@@ -5,9 +5,9 @@ once nothing builds on them any more.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,7 @@ from typing import Any
 from cislaves.clouds import local_host as host
 from cislaves.clouds.base import Image
 from cislaves.errors import CloudError
+from cislaves import util
 
 log = logging.getLogger(__name__)
 
@@ -131,10 +132,6 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:40] or "run"
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Atomic write (temp file + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+# The local cloud's metadata files: atomic, world-readable as before.
+write_json = functools.partial(util.write_json, mode=0o644, indent=1)
 

@@ -22,6 +22,7 @@ import subprocess
 from pathlib import Path
 from typing import Any, Iterator
 
+from cislaves import util
 from cislaves.errors import CloudError
 
 log = logging.getLogger(__name__)
@@ -140,10 +141,7 @@ def find_record(instance_dir: Path) -> dict[str, Any] | None:
 
 
 def write_record(record: dict[str, Any]) -> None:
-    path = RUN_DIR / f"{record['token']}.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    util.write_json(RUN_DIR / f"{record['token']}.json", record, mode=0o644, indent=1)
 
 
 def rules(record: dict[str, Any], isolate: bool = True) -> list[tuple[str, str, list[str]]]:
