@@ -14,7 +14,7 @@ import sys
 from invoke import task
 from invoke.exceptions import Exit
 
-from cislaves import bake, config as config_mod, fabcompat
+from cislaves import bake, config as config_mod, fabcompat, interrupts
 from cislaves.errors import CislavesError, Interrupted
 
 CLOUD = "cloud: local, ec2, openstack, rackspace or gce (default: config defaults.cloud, else local)"
@@ -68,8 +68,12 @@ def _setup_logging() -> None:
 
 @contextlib.contextmanager
 def _one_line_errors():
-    """Turn cislaves errors into one line on stderr and a non-zero exit (130 for an interrupt)."""
+    """Turn cislaves errors into one line on stderr and a non-zero exit (130 for an interrupt).
+    The signal policy lives here, at the command boundary: SIGTERM interrupts like Ctrl-C, and the
+    library's shielded cleanup blocks hold both until they end (cislaves.interrupts)."""
     _setup_logging()
+    if not interrupts.installed():
+        interrupts.install()
     try:
         yield
     except Interrupted as exc:
@@ -198,11 +202,13 @@ def images(c, cloud=None):
             print(line)
 
 
-@task(help={"cloud": CLOUD})
-def cleanup(c, cloud=None):
+@task(help={"cloud": CLOUD,
+            "all_owners": "also remove the leftovers of other hosts' runs on a shared account (not only "
+                          "this data dir's and the expired ones)"})
+def cleanup(c, cloud=None, all_owners=False):
     """Removes what interrupted runs left behind on a cloud (found by the tool's tags)."""
     with _session(cloud) as s:
-        removed = bake.cleanup(s)
+        removed = bake.cleanup(s, all_owners=all_owners)
         print(f"Removed {len(removed)} leftover(s)" + "".join(f"\n  {r}" for r in removed))
 
 

@@ -10,16 +10,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import shlex
-import signal
 import time
 import traceback
 from typing import Callable, Iterator
 
 from cislaves import TOOL, clouds, distros, images as manifest, remote
-from cislaves.clouds.base import (TAG_RUN, TAG_TOOL, Image, Instance, LaunchSpec, new_run_id,
-                                  standard_tags, utcnow)
+from cislaves.clouds.base import CleanupPolicy
 from cislaves.config import Config
 from cislaves.errors import CislavesError, CloudError, Interrupted, StateError
+from cislaves.interrupts import shielded
+from cislaves.records import TAG_RUN, TAG_TOOL, Image, Instance, LaunchSpec, new_run_id, standard_tags, utcnow
 from cislaves.state import State, alive
 from cislaves.util import table
 
@@ -42,6 +42,7 @@ class Session:
                                         "argument 'distribution'" if distribution else
                                         f"{config.where}: defaults.distribution")
         self._cloud = None
+        self.owner = self.state.owner_id()
 
     @property
     def cloud(self):
@@ -83,30 +84,6 @@ class Session:
             self._cloud.close()
 
 
-@contextlib.contextmanager
-def interruptible() -> Iterator[None]:
-    """SIGTERM behaves like Ctrl-C (KeyboardInterrupt) inside the block, so cleanup runs for both."""
-    def on_term(signum, frame):
-        raise KeyboardInterrupt
-    previous = signal.signal(signal.SIGTERM, on_term)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-@contextlib.contextmanager
-def shielded() -> Iterator[None]:
-    """Cleanup must finish: SIGINT and SIGTERM wait until the block ends."""
-    old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    old_term = signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, old_int)
-        signal.signal(signal.SIGTERM, old_term)
-
-
 # -- the steps ------------------------------------------------------------------------------------
 def up(s: Session, image: str | None = None, new: bool = False, role: str = "instance",
        run_id: str | None = None) -> Instance:
@@ -135,11 +112,11 @@ def up(s: Session, image: str | None = None, new: bool = False, role: str = "ins
     s.state.start_run(run_id, s.cloud_name, s.distribution.name, role)
     launched: list[Instance] = []
     try:
-        with interruptible(), s.step("up"):
+        with s.step("up"):
             base = s.cloud.get_image(image) if image else s.cloud.base_image(s.distribution)
             name = f"{s.config.top.image_name_prefix}-{s.distribution.name}-{run_id}".lower()
             spec = LaunchSpec(distribution=s.distribution, image=base, run_id=run_id, name=name,
-                              tags=standard_tags(run_id, s.distribution.name, role, name=name),
+                              tags=standard_tags(run_id, s.distribution.name, role, name=name, owner=s.owner),
                               key_dir=s.config.data_dir / "keys" / run_id, role=role)
             instance = s.cloud.launch(spec)
             launched.append(instance)
@@ -158,7 +135,7 @@ def bootstrap(s: Session, instance_id: str | None = None, instance: Instance | N
     """Provision the current instance with its distribution's script (and the configured extras)."""
     instance = instance or s.state.current(s.cloud_name, instance_id)
     s.for_instance(instance)
-    with interruptible(), s.step("bootstrap"):
+    with s.step("bootstrap"):
         from cislaves.distros import provision
 
         provision.provision(instance, s.distribution, s.config, s.cloud, out=s.out)
@@ -168,7 +145,7 @@ def tests(s: Session, instance_id: str | None = None, instance: Instance | None 
     """Run the distribution's checks against the current instance."""
     instance = instance or s.state.current(s.cloud_name, instance_id)
     s.for_instance(instance)
-    with interruptible(), s.step("tests"):
+    with s.step("tests"):
         from cislaves.distros import checks
 
         checks.run_checks(instance, s.distribution, s.config, s.cloud, out=s.out)
@@ -181,9 +158,11 @@ def create_image(s: Session, instance_id: str | None = None, instance: Instance 
     s.for_instance(instance)
     run_id = run_id or instance.run_id
     stamp = utcnow().strftime("%Y%m%d-%H%M%S")
-    name = f"{s.config.top.image_name_prefix}-{s.distribution.name}-{stamp}".lower()
-    tags = standard_tags(run_id, s.distribution.name, "image", name=name, ttl_hours=24 * 365 * 100)
-    with interruptible(), s.step("create_image"):
+    # the run id's random part makes names unique across parallel bakes (AMI names must be unique)
+    name = f"{s.config.top.image_name_prefix}-{s.distribution.name}-{stamp}-{run_id.rsplit('-', 1)[-1]}".lower()
+    tags = standard_tags(run_id, s.distribution.name, "image", name=name, ttl_hours=24 * 365 * 100,
+                         owner=s.owner)
+    with s.step("create_image"):
         image = s.cloud.create_image(instance, name, tags)
         made = [image]
         regions = s.cloud.copy_regions()
@@ -218,7 +197,7 @@ def down(s: Session, instance_id: str | None = None) -> None:
     """Halt the instance, keeping its disk."""
     instance = s.state.current(s.cloud_name, instance_id)
     s.for_instance(instance)
-    with interruptible(), s.step("down"):
+    with s.step("down"):
         instance = s.cloud.stop(instance)
         s.state.put(instance, "instance")
     s.out(f"Stopped {instance.id}")
@@ -227,8 +206,7 @@ def down(s: Session, instance_id: str | None = None) -> None:
 def it(s: Session, keep_on_error: bool = False) -> list[Image]:
     """The whole bake: up, bootstrap, tests, create_image, destroy. Nothing of the run survives it,
     unless keep_on_error and a step failed (then the output says how to reach and remove it)."""
-    with interruptible():
-        return _it(s, keep_on_error)
+    return _it(s, keep_on_error)
 
 
 def _it(s: Session, keep_on_error: bool) -> list[Image]:
@@ -337,13 +315,15 @@ def reap(s: Session) -> list[str]:
     return removed
 
 
-def cleanup(s: Session) -> list[str]:
-    """Reap dead runs, then ask the cloud to remove every resource tagged by this tool whose run the
-    state does not know as live (a run in progress, or an instance kept by `up`)."""
+def cleanup(s: Session, all_owners: bool = False) -> list[str]:
+    """Reap dead runs, then ask the cloud to remove the tool's resources that are this owner's and whose
+    run the state does not know as live (a run in progress, or an instance kept by `up`), and any
+    tool resource whose cislaves:expires time has passed. all_owners: every owner's dead runs too."""
     removed = reap(s)
     keep = {e.instance.run_id for e in s.state.entries()} | set(s.state.runs())
+    policy = CleanupPolicy(owner=s.owner, keep_run_ids=keep, all_owners=all_owners)
     with shielded(), s.step("cleanup"):
-        removed += s.cloud.cleanup(keep_run_ids=keep)
+        removed += s.cloud.cleanup(policy)
     return removed
 
 
@@ -351,12 +331,14 @@ def _remove_run(s: Session, run_id: str, known: list[Instance]) -> list[str]:
     """Destroy the run's instances (those we know and those the cloud lists by the run's tag)."""
     removed: list[str] = []
     instances = {i.id: i for i in known}
+    ok = True  # the run ends in the state only when its cleanup is known complete
     try:
         for inst in s.cloud.list_instances({TAG_RUN: run_id}):
             instances.setdefault(inst.id, inst)
-    except Exception as exc:  # still destroy the ones we know
-        log.warning("%s could not list instances of run %s: %s", s.label(), run_id, exc)
-    ok = True
+    except Exception as exc:  # still destroy the ones we know; the next run (or cleanup) tries again
+        ok = False
+        log.warning("%s could not list instances of run %s: %s (the next run or `fab cleanup:cloud=%s` "
+                    "will look again)", s.label(), run_id, exc, s.cloud_name)
     for inst in instances.values():
         try:
             log.info("%s destroying %s", s.label(), inst.id)

@@ -7,6 +7,7 @@ module for their validated section (`Config.cloud_settings`, `Config.section`).
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any, Literal, Mapping
@@ -15,6 +16,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cislaves.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "segredos" / "cislaves.yaml"
@@ -129,11 +132,12 @@ class Config:
         return path
 
     def section(self, dotted: str, model: type[BaseModel] | None = None,
-                env: Mapping[str, str] | None = None) -> Any:
+                env: Mapping[str, str] | None = None, defaults: Mapping[str, Any] | None = None) -> Any:
         """The validated section at `dotted` (e.g. "gerrit", "clouds.ec2").
 
         `env` maps a field name to an environment variable; a set variable overrides the file.
-        With no model, returns the raw dict merged with the environment.
+        `defaults` fill keys the file leaves out. A model's DEPRECATED map (old key -> new key) renames
+        old keys with a one-line warning. With no model, returns the raw dict merged with the environment.
         """
         node: Any = self.raw
         for part in dotted.split("."):
@@ -145,6 +149,13 @@ class Config:
         if not isinstance(node, Mapping):
             raise ConfigError(f"{self.where}: {dotted}: expected a mapping, got {type(node).__name__}")
         values = dict(node)
+        for old, new in getattr(model, "DEPRECATED", {}).items():
+            if old in values:
+                log.warning("%s: %s.%s is deprecated: use %s.%s", self.where, dotted, old, dotted, new)
+                value = values.pop(old)
+                values.setdefault(new, value)
+        for key, value in (defaults or {}).items():
+            values.setdefault(key, value)
         from_env: dict[str, str] = {}
         for field_name, var in (env or {}).items():
             value = self.env(var)
@@ -164,7 +175,14 @@ class Config:
 
     def cloud_settings(self, cloud: str, model: type[BaseModel] | None = None,
                        env: Mapping[str, str] | None = None) -> Any:
-        return self.section(f"clouds.{cloud}", model, env)
+        """A cloud's section. The top-level `timeouts` are the defaults of every cloud's
+        launch_timeout, image_timeout, destroy_timeout and ssh_timeout (a cloud's own value wins)."""
+        defaults = {}
+        fields = getattr(model, "model_fields", {})
+        for key in ("launch", "image", "destroy", "ssh"):
+            if f"{key}_timeout" in fields and key in self.raw.get("timeouts", {}):
+                defaults[f"{key}_timeout"] = getattr(self.timeouts, key)
+        return self.section(f"clouds.{cloud}", model, env, defaults)
 
 
 def load(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:

@@ -10,16 +10,28 @@ class ConfigError(CislavesError):
 
 
 class CloudError(CislavesError):
-    """A cloud operation failed; the message names the cloud and the operation."""
+    """A cloud operation failed; the message names the cloud and the operation.
+
+    The provider's own error code travels as data (`code`: EC2's "DependencyViolation", GCE's
+    "rateLimitExceeded"; `status`: the HTTP status, e.g. 409 on OpenStack), so callers decide by it,
+    never by matching message text.
+    """
+
+    def __init__(self, message: str = "", *, cloud: str | None = None, operation: str | None = None,
+                 code: str | None = None, status: int | None = None):
+        super().__init__(message)
+        self.cloud = cloud
+        self.operation = operation
+        self.code = code
+        self.status = status
 
 
 class NotSupported(CloudError):
     """The cloud does not implement this operation."""
 
-    def __init__(self, cloud, operation):
-        super().__init__(f"{cloud}: '{operation}' is not supported by this cloud")
-        self.cloud = cloud
-        self.operation = operation
+    def __init__(self, cloud, operation, why: str = ""):
+        super().__init__(f"{cloud}: '{operation}' is not supported by this cloud{why and f' ({why})'}",
+                         cloud=cloud, operation=operation)
 
 
 class WaitTimeout(CloudError):
@@ -44,6 +56,10 @@ class StateError(CislavesError):
 
 class Interrupted(CislavesError):
     """SIGINT or SIGTERM arrived; cleanup has run."""
+
+
+class Locked(CislavesError):
+    """Another process holds the lock this command needs (exit code 75, like EX_TEMPFAIL)."""
 
 
 class GerritError(CislavesError):

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cislaves.clouds.base import Image
+from cislaves.records import Image
 from cislaves.errors import ConfigError
 from cislaves.util import write_json
 

@@ -16,7 +16,8 @@ import paramiko
 from fabric import Connection
 from invoke.exceptions import UnexpectedExit
 
-from cislaves.clouds.base import Instance, wait_for
+from cislaves.records import Instance
+from cislaves.waiting import Pending, wait_for
 from cislaves.errors import SSHError
 
 log = logging.getLogger(__name__)
@@ -59,8 +60,6 @@ def connection(instance: Instance, data_dir: Path, *, user: str | None = None,
 
 def wait_for_ssh(instance: Instance, data_dir: Path, timeout: float) -> Connection:
     """Poll until SSH to `instance` opens and runs `true`; return the open connection."""
-    last: list[str] = ["no attempt yet"]
-
     def probe():
         conn = connection(instance, data_dir)
         try:
@@ -72,12 +71,11 @@ def wait_for_ssh(instance: Instance, data_dir: Path, timeout: float) -> Connecti
             raise SSHError(f"host key of {instance.address} changed since first contact "
                            f"({exc.key.get_name()}); refusing to connect") from None
         except (paramiko.AuthenticationException, *RETRYABLE) as exc:
-            last[0] = f"{type(exc).__name__}: {exc}".strip()
             conn.close()
-            return None
+            return Pending(f"{type(exc).__name__}: {exc}".strip())
 
     return wait_for(probe, f"SSH on {instance.user}@{instance.address}:{instance.port}", timeout,
-                    first_delay=0.1, max_delay=2.0, describe=lambda: last[0])
+                    first_delay=0.1, max_delay=2.0)
 
 
 def command_line(argv: Sequence[str], *, sudo: bool = False, env: Mapping[str, str] | None = None) -> str:
@@ -130,20 +128,16 @@ def reboot(instance: Instance, data_dir: Path, timeout: float) -> Instance:
         pass  # the connection may drop while the command returns
     finally:
         conn.close()
-    last = ["old boot still answering"]
-
     def probe():
         try:
             new = wait_for_ssh(instance, data_dir, timeout=15)
         except Exception as exc:  # the machine is going down or not back yet
-            last[0] = str(exc)
-            return None
+            return Pending(str(exc))
         try:
             current = boot_id(new)
         finally:
             new.close()
-        return current if current != before else None
+        return current if current != before else Pending("old boot still answering")
 
-    wait_for(probe, f"{instance.address} to come back from a reboot", timeout, first_delay=1.0,
-             describe=lambda: last[0])
+    wait_for(probe, f"{instance.address} to come back from a reboot", timeout, first_delay=1.0)
     return instance

@@ -11,11 +11,12 @@ import fcntl
 import json
 import logging
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from cislaves.clouds.base import Instance, isoformat, utcnow
+from cislaves.records import Instance, isoformat, utcnow
 from cislaves.errors import StateError
 from cislaves.util import start_time, write_json
 
@@ -46,6 +47,30 @@ class State:
     def __init__(self, data_dir: Path):
         self.data_dir = Path(data_dir)
         self.path = self.data_dir / "state.json"
+
+    # -- the owner: this data dir's stable id, tagged on everything its runs create
+    def owner_id(self) -> str:
+        """Made once (random, 12 hex digits after 'o') and kept in <data_dir>/owner; cleanup removes
+        only this owner's dead runs (and what has expired), so hosts can share one cloud account."""
+        path = self.data_dir / "owner"
+        try:
+            value = path.read_text().strip()
+        except FileNotFoundError:
+            value = ""
+        if not value:
+            self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            with open(self.data_dir / "state.lock", "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                try:
+                    value = path.read_text().strip()
+                except FileNotFoundError:
+                    value = ""
+                if not value:
+                    value = "o" + secrets.token_hex(6)
+                    tmp = path.with_name(".owner.tmp")
+                    tmp.write_text(value + "\n")
+                    os.replace(tmp, path)
+        return value
 
     # -- reading
     def read(self) -> dict[str, Any]:

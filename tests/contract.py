@@ -10,16 +10,25 @@ from __future__ import annotations
 
 import pytest
 
-from cislaves.clouds.base import Image, Instance, LaunchSpec, new_run_id, standard_tags, TAG_RUN
+from cislaves.clouds.base import (TAG_OWNER, TAG_RUN, CleanupPolicy, Image, Instance, LaunchSpec,
+                                  new_run_id, standard_tags)
 from cislaves.errors import CloudError
 
+OWNER = "ocontract0001"  # this test host's owner id
+OTHER = "ocontract0002"  # another host sharing the account
 
-def make_spec(cloud, distribution, key_dir, role="bake") -> LaunchSpec:
+
+def make_spec(cloud, distribution, key_dir, role="bake", owner=OWNER, ttl_hours=24) -> LaunchSpec:
     run_id = new_run_id()
     name = f"cislaves-contract-{run_id}"
     return LaunchSpec(distribution=distribution, image=cloud.base_image(distribution), run_id=run_id,
-                      name=name, tags=standard_tags(run_id, distribution.name, role, name=name),
+                      name=name, tags=standard_tags(run_id, distribution.name, role, name=name, owner=owner,
+                                                    ttl_hours=ttl_hours),
                       key_dir=key_dir, role=role)
+
+
+def policy(keep=(), owner=OWNER, all_owners=False) -> CleanupPolicy:
+    return CleanupPolicy(owner=owner, keep_run_ids=set(keep), all_owners=all_owners)
 
 
 class CloudContract:
@@ -49,6 +58,7 @@ class CloudContract:
         assert instance.address
         assert instance.run_id == spec.run_id
         assert instance.tags.get(TAG_RUN) == spec.run_id
+        assert instance.tags.get(TAG_OWNER) == OWNER
         assert cloud.refresh(instance).state == "running"
         listed = cloud.list_instances({TAG_RUN: spec.run_id})
         assert [i.id for i in listed] == [instance.id]
@@ -89,7 +99,7 @@ class CloudContract:
         spec = make_spec(cloud, distribution, tmp_path / "keys")
         instance = cloud.launch(spec)
         try:
-            removed = cloud.cleanup(keep_run_ids=set())
+            removed = cloud.cleanup(policy())
             assert any(instance.id in line for line in removed), removed
             assert cloud.list_instances({TAG_RUN: spec.run_id}) == []
         finally:
@@ -97,5 +107,28 @@ class CloudContract:
 
     def test_cleanup_keeps_runs_it_is_told_to_keep(self, cloud, launched):
         spec, instance = launched
-        cloud.cleanup(keep_run_ids={spec.run_id})
+        cloud.cleanup(policy(keep={spec.run_id}))
         assert cloud.refresh(instance).state == "running"
+
+    def test_cleanup_leaves_another_owners_live_resources_alone(self, cloud, distribution, tmp_path):
+        spec = make_spec(cloud, distribution, tmp_path / "keys", owner=OTHER)
+        instance = cloud.launch(spec)
+        try:
+            removed = cloud.cleanup(policy())  # this host knows nothing of the other host's run
+            assert not any(instance.id in line for line in removed), removed
+            assert cloud.refresh(instance).state == "running"
+            removed = cloud.cleanup(policy(all_owners=True))  # the explicit wider sweep
+            assert any(instance.id in line for line in removed), removed
+            assert cloud.list_instances({TAG_RUN: spec.run_id}) == []
+        finally:
+            cloud.destroy(instance)
+
+    def test_cleanup_removes_expired_resources_whoever_owns_them(self, cloud, distribution, tmp_path):
+        spec = make_spec(cloud, distribution, tmp_path / "keys", owner=OTHER, ttl_hours=-1)
+        instance = cloud.launch(spec)
+        try:
+            removed = cloud.cleanup(policy())
+            assert any(instance.id in line for line in removed), removed
+            assert cloud.list_instances({TAG_RUN: spec.run_id}) == []
+        finally:
+            cloud.destroy(instance)

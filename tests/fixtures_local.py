@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from cislaves import distros
-from cislaves.clouds.base import LaunchSpec, new_run_id, standard_tags
+from cislaves.records import LaunchSpec, new_run_id, standard_tags
 
 DEFAULT_CACHE = "/var/tmp/cislaves-test-cache"
 
@@ -53,7 +53,9 @@ def local_cloud(local_config_file):
 
     cloud = clouds.get("local", config.load(local_config_file, environ={}))
     yield cloud
-    cloud.cleanup(keep_run_ids=set())
+    from cislaves.clouds.base import CleanupPolicy
+
+    cloud.cleanup(CleanupPolicy(owner=None, all_owners=True))
 
 
 @pytest.fixture
@@ -81,8 +83,8 @@ def tool_leftovers(data_dir: str | Path | None = None) -> list[str]:
     of the tool), network namespaces, veths, iptables rules with the tool's comment, allocations.
     With data_dir, host-global things are limited to those recorded for it (or mounted under it) and
     those no allocation record claims (a resource always has a record while its instance lives)."""
-    from cislaves.clouds import local_host as host
-    from cislaves.clouds import local_net as net
+    from cislaves.clouds.local import host
+    from cislaves.clouds.local import net
 
     records = net.list_records()
     recorded = {r["token"] for r in records}

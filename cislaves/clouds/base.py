@@ -1,131 +1,73 @@
-"""The cloud interface every driver implements, its records, and the shared bounded wait loop.
+"""The cloud interface every driver implements, the capabilities a driver declares, and cleanup's policy.
 
 A driver is a subclass of `Cloud`. Every method blocks until its effect is real (or a deadline
 passes, raising WaitTimeout), and is safe to call twice (destroying a destroyed instance is a no-op).
-The bake pipeline and the CI runner use clouds only through this interface.
+The bake pipeline and the CI runner use clouds only through this interface. The records (Instance,
+Image, LaunchSpec, tags), the wait loop and the key helpers live below the clouds, in
+cislaves.records, cislaves.waiting and cislaves.keys; they are re-exported here for drivers.
 """
 from __future__ import annotations
 
-import dataclasses
-import datetime as _dt
 import logging
-import os
-import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, ClassVar
 
 from cislaves import TOOL
-from cislaves.errors import NotSupported, WaitTimeout
+from cislaves.errors import NotSupported
+from cislaves.keys import generate_keypair, public_key_of  # noqa: F401 (re-exported for drivers)
+from cislaves.records import (TAG_BUILD, TAG_DISTRIBUTION, TAG_EXPIRES, TAG_OWNER, TAG_ROLE,  # noqa: F401
+                              TAG_RUN, TAG_TOOL, Image, Instance, LaunchSpec, expired, isoformat,
+                              new_run_id, parse_time, standard_tags, utcnow)
+from cislaves.waiting import Pending, wait_for  # noqa: F401 (re-exported for drivers)
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-
-# Tag keys put on every resource a run creates (clouds with stricter key rules map them, e.g. GCE labels).
-TAG_TOOL = "cislaves:tool"
-TAG_RUN = "cislaves:run-id"
-TAG_DISTRIBUTION = "cislaves:distribution"
-TAG_EXPIRES = "cislaves:expires"
-TAG_ROLE = "cislaves:role"  # "bake" (ephemeral, made by `it`), "instance" (made by `up`), "image"
 
 
-def utcnow() -> _dt.datetime:
-    return _dt.datetime.now(_dt.timezone.utc)
+@dataclass(frozen=True)
+class Capabilities:
+    """What differs by cloud, declared by each driver instead of callers testing its name."""
 
-
-def isoformat(when: _dt.datetime) -> str:
-    return when.astimezone(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def new_run_id() -> str:
-    """A short unique id for one run: UTC time plus randomness, sortable, safe in every cloud's names."""
-    return utcnow().strftime("%Y%m%d%H%M%S") + "-" + uuid.uuid4().hex[:6]
-
-
-def standard_tags(run_id: str, distribution: str, role: str, name: str | None = None,
-                  ttl_hours: float = 24, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The tags every resource of a run carries; cleanup finds leaks by them."""
-    tags = {
-        TAG_TOOL: TOOL,
-        TAG_RUN: run_id,
-        TAG_DISTRIBUTION: distribution,
-        TAG_ROLE: role,
-        TAG_EXPIRES: isoformat(utcnow() + _dt.timedelta(hours=ttl_hours)),
-    }
-    if name:
-        tags["Name"] = name
-    tags.update(extra or {})
-    return tags
+    stop_start: bool = True  # `down` keeps the disk and `up` starts it again
+    images: bool = True  # create_image works (a static host cannot be imaged)
+    copy_image: bool = False  # images can be copied to other regions
+    docker_inside: bool = True  # a docker daemon can run inside an instance (not in an nspawn machine)
+    regions: bool = False  # the cloud has regions a target can name
 
 
 @dataclass
-class Instance:
-    """A machine a cloud runs for us. Serialisable to the state file (no secrets in it)."""
+class CleanupPolicy:
+    """Which tool-tagged resources `cleanup` may remove (one rule for every driver).
 
-    id: str
-    cloud: str
-    name: str
-    distribution: str
-    run_id: str
-    state: str = "unknown"  # running, stopped, pending, terminated, error, unknown
-    address: str | None = None  # what SSH connects to (after overrides)
-    port: int = 22
-    user: str = "root"
-    key_file: str | None = None  # path of the private key file (0600); the key itself never leaves it
-    proxy_command: str | None = None  # an OpenSSH ProxyCommand, e.g. via a bastion
-    jump_host: str | None = None  # user@host:port of a bastion (like ssh -J)
-    region: str | None = None
-    image_id: str | None = None  # the image it was booted from
-    created: str | None = None
-    tags: dict[str, str] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)  # driver data: key pair name, group id, disks...
+    A resource is ours to remove when it carries the tool's tag and either its `cislaves:expires`
+    time has passed (whoever owns it), or its run is not one this host keeps (a live run, a kept
+    instance) and it belongs to this owner (or `all_owners` was asked for explicitly). Resources
+    without an owner tag (made before owners existed) count as this owner's only under all_owners.
+    """
 
-    @property
-    def ssh_target(self) -> str:
-        """user@address:port, as the output shows where an instance is reached."""
-        return f"{self.user}@{self.address}:{self.port}"
+    owner: str | None
+    keep_run_ids: set[str] = field(default_factory=set)
+    all_owners: bool = False
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    def reason(self, tags: dict[str, str] | None) -> str | None:
+        """Why this resource may be removed, or None to leave it alone."""
+        tags = tags or {}
+        if tags.get(TAG_TOOL) != TOOL:
+            return None
+        run = tags.get(TAG_RUN)
+        mine = self.owner is not None and tags.get(TAG_OWNER) == self.owner
+        if run and run in self.keep_run_ids and (mine or not tags.get(TAG_OWNER)):
+            return None  # this host's live run or kept instance
+        if expired(tags):
+            return "expired"
+        if mine:
+            return "run ended"
+        if self.all_owners:
+            return "all owners"
+        return None
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Instance":
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-
-@dataclass
-class Image:
-    """An image a cloud holds (a baked one, or a base image)."""
-
-    id: str
-    cloud: str
-    name: str
-    distribution: str | None = None
-    region: str | None = None
-    created: str | None = None  # UTC, ISO 8601
-    source_image: str | None = None
-    run_id: str | None = None
-    state: str = "available"
-    tags: dict[str, str] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-@dataclass
-class LaunchSpec:
-    """What `launch` needs. `image` is an Image (usually from base_image, or one the user named)."""
-
-    distribution: Any  # cislaves.distros.Distribution
-    image: Image
-    run_id: str
-    name: str
-    tags: dict[str, str]
-    key_dir: Path  # where the driver writes a per-instance private key if it makes one
-    role: str = "instance"  # "bake" for `it`, "instance" for `up`, "job" for CI
+    def removable(self, tags: dict[str, str] | None) -> bool:
+        return self.reason(tags) is not None
 
 
 class Cloud:
@@ -133,6 +75,10 @@ class Cloud:
     model or a dict), `data_dir` the tool's data directory (the driver may keep files below it)."""
 
     name = "base"
+    capabilities: ClassVar[Capabilities] = Capabilities()
+    # Optional hook: a cloud-level reboot(instance, timeout) -> Instance. None: provisioning reboots over
+    # SSH (cislaves.remote.reboot), which suits every cloud whose machines run systemd.
+    reboot = None
 
     def __init__(self, settings: Any, data_dir: Path, name: str | None = None):
         self.settings = settings
@@ -179,18 +125,12 @@ class Cloud:
     def list_instances(self, filters: dict[str, str] | None = None) -> list[Instance]:
         raise NotSupported(self.name, "list_instances")
 
-    def cleanup(self, keep_run_ids: set[str] = frozenset()) -> list[str]:
-        """Remove resources tagged by this tool whose run is not in keep_run_ids; return what was removed."""
+    def cleanup(self, policy: CleanupPolicy) -> list[str]:
+        """Remove the tool-tagged resources `policy` allows (instances, key pairs, security groups, disks,
+        unfinished images...); return one line per removed resource ("security group sg-123")."""
         raise NotSupported(self.name, "cleanup")
 
     # -- hooks with defaults ------------------------------------------------------------
-    def reboot(self, instance: Instance, timeout: float) -> Instance:
-        """Reboot and wait until SSH answers from the new boot (default: `systemctl reboot` over SSH,
-        then wait for a different /proc/sys/kernel/random/boot_id)."""
-        from cislaves import remote
-
-        return remote.reboot(instance, self.data_dir, timeout)
-
     def copy_regions(self) -> list[str]:
         """Regions the pipeline copies a new image to (settings), none by default."""
         return []
@@ -205,62 +145,3 @@ class Cloud:
 
     def close(self) -> None:
         """Release clients and sessions."""
-
-
-def wait_for(probe: Callable[[], T | None], what: str, timeout: float, *, first_delay: float = 0.05,
-              max_delay: float = 2.0, factor: float = 1.6, describe: Callable[[], str] | None = None,
-              clock: Callable[[], float] = time.monotonic) -> T:
-    """Poll `probe` until it returns something other than None/False, with backoff, until `timeout`.
-
-    On timeout raises WaitTimeout naming `what`, the time waited, and (if given) `describe()`, the last
-    state seen. Exceptions from `probe` propagate (a probe decides which errors are final).
-    """
-    deadline = clock() + timeout
-    delay = first_delay
-    while True:
-        result = probe()
-        if result is not None and result is not False:
-            return result
-        now = clock()
-        if now >= deadline:
-            seen = ""
-            if describe is not None:
-                try:
-                    seen = f" (last seen: {describe()})"
-                except Exception as exc:  # describing must not hide the timeout
-                    seen = f" (could not read state: {exc})"
-            raise WaitTimeout(f"timed out after {timeout:g}s waiting for {what}{seen}")
-        time.sleep(min(delay, max(0.0, deadline - now)))
-        delay = min(delay * factor, max_delay)
-
-
-def generate_keypair(path: Path, comment: str = TOOL) -> str:
-    """Write a new ed25519 private key (OpenSSH format, mode 0600) to `path`; return the public key line."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ed25519
-
-    key = ed25519.Ed25519PrivateKey.generate()
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                serialization.NoEncryption())
-    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                           serialization.PublicFormat.OpenSSH).decode()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(private)
-    Path(str(path) + ".pub").write_text(f"{public} {comment}\n")
-    return f"{public} {comment}"
-
-
-def public_key_of(private_key_file: Path) -> str:
-    """The OpenSSH public key line of an existing private key file (RSA, ECDSA or ed25519)."""
-    from cryptography.hazmat.primitives import serialization
-
-    data = Path(private_key_file).read_bytes()
-    try:
-        key = serialization.load_ssh_private_key(data, password=None)
-    except ValueError:
-        key = serialization.load_pem_private_key(data, password=None)
-    return key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                         serialization.PublicFormat.OpenSSH).decode()

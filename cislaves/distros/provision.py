@@ -27,7 +27,7 @@ import yaml
 from invoke.exceptions import CommandTimedOut
 
 from cislaves import remote
-from cislaves.clouds.base import new_run_id
+from cislaves.records import new_run_id
 from cislaves.errors import ConfigError, ProvisionError, SSHError
 
 log = logging.getLogger(__name__)
@@ -252,7 +252,10 @@ class _Session:
             self.out(f"==> rebooting {self.instance.name} for {unit.label} "
                      f"({self.reboots}/{self.config.provision.reboots})")
             self.close()
-            self.cloud.reboot(self.instance, self.config.timeouts.ssh)
+            if self.cloud.reboot is not None:  # the cloud reboots its own way
+                self.cloud.reboot(self.instance, self.config.timeouts.ssh)
+            else:
+                remote.reboot(self.instance, self.config.data_dir, self.config.timeouts.ssh)
 
     def close(self) -> None:
         if self.conn is not None:

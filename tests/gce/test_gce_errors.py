@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from cislaves.clouds import gce_api
+from cislaves.clouds.gce import api as gce_api
 from cislaves.clouds.base import standard_tags, wait_for
 from cislaves.errors import CloudError, ConfigError, WaitTimeout
 from tests.contract import make_spec

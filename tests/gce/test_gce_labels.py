@@ -2,7 +2,7 @@
 import pytest
 
 from cislaves.clouds.base import TAG_EXPIRES, TAG_RUN, new_run_id, standard_tags
-from cislaves.clouds.gce_labels import label_filter, labels_from_tags, resource_name, tags_from_labels
+from cislaves.clouds.gce.labels import label_filter, labels_from_tags, resource_name, tags_from_labels
 from tests.gce.fake_gce import LABEL_KEY, LABEL_VALUE, NAME, parse_filter
 
 

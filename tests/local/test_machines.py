@@ -18,8 +18,8 @@ import pytest
 import yaml
 
 from cislaves import clouds, config
-from cislaves.clouds import local_host as host
-from cislaves.clouds import local_net as net
+from cislaves.clouds.local import host
+from cislaves.clouds.local import net
 from cislaves.clouds.base import LaunchSpec, new_run_id, standard_tags, wait_for
 from tests.fixtures_local import tool_leftovers
 

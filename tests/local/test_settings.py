@@ -13,9 +13,9 @@ import pytest
 import yaml
 
 from cislaves import clouds, config, distros
-from cislaves.clouds import local_host as host
-from cislaves.clouds import local_net as net
-from cislaves.clouds import local_tree as tree
+from cislaves.clouds.local import host
+from cislaves.clouds.local import net
+from cislaves.clouds.local import tree
 from cislaves.clouds.base import wait_for
 from cislaves.clouds.local import LocalCloud
 from cislaves.errors import CloudError, ConfigError
@@ -150,7 +150,7 @@ def test_concurrent_allocations_from_several_processes_never_collide(tmp_path):
         folder.mkdir(parents=True)
         (folder / "meta.json").write_text("{}")  # a live instance: an orphan sweep leaves it alone
         dirs.append(folder)
-    code = ("import sys, json; from pathlib import Path; from cislaves.clouds import local_net as net; "
+    code = ("import sys, json; from pathlib import Path; from cislaves.clouds.local import net; "
             "r = net.allocate(sys.argv[1], Path(sys.argv[2]), sys.argv[3], Path(sys.argv[4])); "
             "print(json.dumps(r))")
     procs = [subprocess.Popen([sys.executable, "-c", code, pool, str(d.parents[2]), d.name, str(d)],

@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from cislaves import clouds, config
-from cislaves.clouds.openstack_auth import RACKSPACE_DEFAULTS
+from cislaves.clouds.openstack.auth import RACKSPACE_DEFAULTS
 from cislaves.errors import ConfigError
 
 

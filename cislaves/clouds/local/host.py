@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from cislaves.clouds.base import wait_for
-from cislaves.clouds import local_net as net
-from cislaves.clouds.local_net import run
+from cislaves.clouds.local import net
+from cislaves.clouds.local.net import run
 from cislaves.errors import CloudError
 from cislaves.util import start_time
 

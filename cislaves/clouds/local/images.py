@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from cislaves.clouds import local_host as host
+from cislaves.clouds.local import host
 from cislaves.clouds.base import Image
 from cislaves.errors import CloudError
 from cislaves import util

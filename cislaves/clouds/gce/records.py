@@ -10,8 +10,8 @@ from typing import Any
 
 from cislaves.clouds.base import TAG_DISTRIBUTION, TAG_RUN, Image, Instance, generate_keypair, isoformat
 from cislaves.clouds.base import public_key_of
-from cislaves.clouds.gce_api import basename
-from cislaves.clouds.gce_labels import tags_from_labels
+from cislaves.clouds.gce.api import basename
+from cislaves.clouds.gce.labels import tags_from_labels
 from cislaves.errors import CloudError, ConfigError
 
 # GCE instance status -> the interface's states (TERMINATED is GCE's word for a stopped instance).

@@ -19,10 +19,10 @@ from urllib.parse import quote
 from novaclient import client as nova_client
 
 from cislaves import TOOL, distros
-from cislaves.clouds import openstack_auth
+from cislaves.clouds.openstack import auth as openstack_auth
 from cislaves.clouds.base import (TAG_DISTRIBUTION, TAG_RUN, TAG_TOOL, Cloud, Image, Instance, LaunchSpec,
                                   generate_keypair, public_key_of, wait_for)
-from cislaves.clouds.openstack_api import Api, NotFound
+from cislaves.clouds.openstack.api import Api, NotFound
 from cislaves.errors import CloudError, ConfigError
 
 log = logging.getLogger(__name__)

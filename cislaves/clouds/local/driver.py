@@ -26,12 +26,12 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from cislaves import TOOL
-from cislaves.clouds import local_host as host
-from cislaves.clouds import local_net as net
-from cislaves.clouds import local_tree as tree
+from cislaves.clouds.local import host
+from cislaves.clouds.local import net
+from cislaves.clouds.local import tree
 from cislaves.clouds.base import (TAG_DISTRIBUTION, TAG_ROLE, TAG_RUN, TAG_TOOL, Cloud, Image, Instance,
                                   LaunchSpec, generate_keypair, isoformat, utcnow, wait_for)
-from cislaves.clouds.local_images import ID, ImageStore, matches, slug, write_json
+from cislaves.clouds.local.images import ID, ImageStore, matches, slug, write_json
 from cislaves.config import Strict
 from cislaves.errors import CloudError
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cislaves import TOOL
-from cislaves.clouds.local_host import file_lock, mounts_under, remove_tree, unmount
+from cislaves.clouds.local.host import file_lock, mounts_under, remove_tree, unmount
 from cislaves.errors import CloudError
 
 log = logging.getLogger(__name__)

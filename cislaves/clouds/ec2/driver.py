@@ -17,7 +17,7 @@ from typing import Any, Callable
 from cislaves import TOOL
 from cislaves.clouds.base import (TAG_RUN, Cloud, Image, Instance, LaunchSpec, generate_keypair,
                                   utcnow, wait_for)
-from cislaves.clouds.ec2_api import (ENV, LIVE_STATES, Clients, Settings, ami_name, aws_tags, call,
+from cislaves.clouds.ec2.api import (ENV, LIVE_STATES, Clients, Settings, ami_name, aws_tags, call,
                                      error_code, expand_proxy, run_of, tag_dict, tag_filters, tag_spec)
 from cislaves.errors import CloudError, ConfigError
 

@@ -19,11 +19,11 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from cislaves import TOOL
-from cislaves.clouds import gce_api, gce_records
+from cislaves.clouds.gce import api as gce_api, records as gce_records
 from cislaves.clouds.base import TAG_DISTRIBUTION, TAG_RUN, TAG_TOOL, Cloud, Image, Instance, LaunchSpec, wait_for
-from cislaves.clouds.gce_api import Conflict, NotFound, basename
-from cislaves.clouds.gce_labels import label_filter, label_key, label_value, labels_from_tags, resource_name
-from cislaves.clouds.gce_labels import tags_from_labels
+from cislaves.clouds.gce.api import Conflict, NotFound, basename
+from cislaves.clouds.gce.labels import label_filter, label_key, label_value, labels_from_tags, resource_name
+from cislaves.clouds.gce.labels import tags_from_labels
 from cislaves.config import Strict
 from cislaves.errors import CloudError, ConfigError
 
