@@ -5,8 +5,10 @@ so every field here is optional and numbers are coerced. A line that is not a JS
 `type`, or carries a field of the wrong shape (a change number that is not a number, an account that
 is not an object) raises BadEvent; the stream counts it and goes on.
 
-Known types get a typed record (patchset-created, comment-added, change-merged, ref-updated,
-dropped-output); every other type is an `Event` with only `type`, `created_on` and `raw`.
+Known types get a typed record (patchset-created, comment-added, change-merged, change-restored,
+wip-state-changed, private-state-changed, ref-updated, dropped-output); every other type is an `Event`
+with only `type`, `created_on` and `raw`. Times are seconds since the epoch: a time in milliseconds
+is divided by 1000, and one that is neither (negative, absurdly large) counts as missing.
 """
 from __future__ import annotations
 
@@ -20,9 +22,15 @@ COMMENT_ADDED = "comment-added"
 CHANGE_MERGED = "change-merged"
 REF_UPDATED = "ref-updated"
 DROPPED_OUTPUT = "dropped-output"
+CHANGE_RESTORED = "change-restored"
+WIP_STATE_CHANGED = "wip-state-changed"
+PRIVATE_STATE_CHANGED = "private-state-changed"
 MANUAL = "manual"  # made by `fab enqueue`, never by Gerrit
 ACCOUNT_FIELD = {PATCHSET_CREATED: "uploader", COMMENT_ADDED: "author", CHANGE_MERGED: "submitter",
+                 CHANGE_RESTORED: "restorer", WIP_STATE_CHANGED: "changer", PRIVATE_STATE_CHANGED: "changer",
                  MANUAL: "submitter"}
+READY_STATE_CHANGED = (WIP_STATE_CHANGED, PRIVATE_STATE_CHANGED)  # may complete a skipped upload
+MILLIS = 10 ** 11  # larger times are milliseconds (10**11 s is the year 5138)
 PATCH_SET_KINDS = ("REWORK", "TRIVIAL_REBASE", "MERGE_FIRST_PARENT_UPDATE", "NO_CODE_CHANGE", "NO_CHANGE")
 _DECODE = json.JSONDecoder().decode
 CHANGE_REF = re.compile(r"refs/changes/(\d\d)/([1-9]\d{0,9})/([1-9]\d{0,5})")
@@ -118,6 +126,23 @@ def decode_line(line: bytes | str, max_bytes: int = 1 << 20) -> Any:
         raise BadEvent(f"not UTF-8: {exc}") from None
     except ValueError as exc:
         raise BadEvent(f"not JSON: {exc}") from None
+    except RecursionError:
+        raise BadEvent("JSON nested too deeply") from None
+
+
+def seconds(value: Any) -> int | None:
+    """A Gerrit time as whole seconds since the epoch: milliseconds are divided by 1000; a value that
+    is not a time (not a number, negative, beyond the year 5138 even as milliseconds) is None."""
+    if value.__class__ is not int:
+        if isinstance(value, str) and value.strip().isdigit() and len(value) < 20:
+            value = int(value)
+        elif isinstance(value, float) and 0 <= value < 1e15:
+            value = int(value)
+        else:
+            return None
+    if value >= MILLIS:
+        value //= 1000
+    return value if 0 <= value < MILLIS else None
 
 
 def from_dict(data: Any) -> Event:
@@ -127,7 +152,7 @@ def from_dict(data: Any) -> Event:
     kind = data.get("type")
     if not isinstance(kind, str) or not kind:
         raise BadEvent("field 'type' is missing or not a string")
-    event = Event(type=kind, created_on=_int(data, "eventCreatedOn"), raw=data)
+    event = Event(type=kind, created_on=seconds(data.get("eventCreatedOn")), raw=data)
     if kind in ACCOUNT_FIELD:
         event.change = _change(_obj(data, "change"))
         event.patchset = _patchset(_obj(data, "patchSet"))
@@ -192,7 +217,7 @@ def _int(data: dict, key: str, prefix: str = "") -> int | None:
         return None
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+    if isinstance(value, str) and value.strip().lstrip("+-").isdigit() and len(value) < 40:
         return int(value)
     raise BadEvent(f"field '{prefix}{key}' should be a number, got {value!r:.40}")
 
@@ -257,7 +282,7 @@ def _patchset(data: dict | None) -> PatchSet | None:
         return None
     revision, ref, kind, number, created_on = _fields(data, PATCHSET_STRINGS, ("number", "createdOn"),
                                                       "patchSet.")
-    return PatchSet(number, revision, ref, kind, created_on, _account(data, "uploader", "patchSet."))
+    return PatchSet(number, revision, ref, kind, seconds(created_on), _account(data, "uploader", "patchSet."))
 
 
 def _approval(data: Any, index: int) -> Approval:

@@ -55,7 +55,7 @@ def run_checks(instance, distribution, config, cloud, out: Callable[[str], Any] 
     key = authorized_key(config)  # a configuration error before any connection
     host, backend = testinfra_host(instance, cloud.data_dir, config.timeouts.ssh)
     ctx = Context(host, distribution.name, config.ci_user.name, key, config.provision.package_set == "full",
-                  cloud.name)
+                  cloud.name, cloud.capabilities.docker_inside)
     results = []
     try:
         for name, full_only, func in CHECKS:
@@ -113,6 +113,7 @@ class Context:
     key: str
     full: bool
     cloud: str
+    docker_inside: bool = True  # the cloud's capability: can a docker daemon run in its instances?
 
     def run(self, command: str):
         return self.host.run(command)
@@ -260,8 +261,8 @@ def _docker_running(ctx: Context):
         return True, expected, f"docker server {result.stdout.strip()}"
     installed = ctx.run("command -v dockerd").rc == 0
     container = ctx.run("systemd-detect-virt --container").stdout.strip()
-    if ctx.cloud == "local" and installed and container not in ("", "none"):
-        raise Skip(f"local cloud only: a docker daemon cannot run inside a {container} machine; "
+    if not ctx.docker_inside and installed and container not in ("", "none"):
+        raise Skip(f"{ctx.cloud} cloud only: a docker daemon cannot run inside a {container} machine; "
                    f"the engine is installed but not running ({outcome(result)})")
     return False, expected, outcome(result)
 

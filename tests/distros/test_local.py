@@ -214,10 +214,15 @@ def test_docker_cannot_run_in_a_local_machine_and_the_check_says_so(provisioned,
 
 
 class _Named:
-    """The same cloud under another name: the docker-running skip belongs to the local cloud only."""
+    """The same machine seen as a cloud that declares docker possible inside: the docker-running skip
+    belongs to clouds whose capabilities say a daemon cannot run (the local cloud)."""
 
     def __init__(self, cloud, name):
+        from cislaves.clouds.base import Capabilities
+
         self.data_dir, self.name = cloud.data_dir, name
+        self.capabilities = Capabilities(docker_inside=True)
+        self.reboot = None
 
 
 def test_broken_machine_fails_its_checks(provisioned, local_cloud, debian12):

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from cislaves import TOOL
-from cislaves.clouds.base import (TAG_RUN, Cloud, Image, Instance, LaunchSpec, generate_keypair,
+from cislaves.clouds.base import (Capabilities, TAG_RUN, Cloud, Image, Instance, LaunchSpec, generate_keypair,
                                   utcnow, wait_for)
 from cislaves.clouds.ec2.api import (ENV, LIVE_STATES, Clients, Settings, ami_name, aws_tags, call,
                                      error_code, expand_proxy, run_of, tag_dict, tag_filters, tag_spec)
@@ -30,6 +30,7 @@ class EC2Cloud(Cloud):
     """Amazon EC2 (or anything speaking its API at AWS_ENDPOINT_URL_EC2, such as moto)."""
 
     name = "ec2"
+    capabilities = Capabilities(copy_image=True, regions=True)
     Settings = Settings
     ENV = ENV
 

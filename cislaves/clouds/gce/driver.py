@@ -20,7 +20,7 @@ from pydantic import Field, field_validator
 
 from cislaves import TOOL
 from cislaves.clouds.gce import api as gce_api, records as gce_records
-from cislaves.clouds.base import TAG_DISTRIBUTION, TAG_RUN, TAG_TOOL, Cloud, Image, Instance, LaunchSpec, wait_for
+from cislaves.clouds.base import Capabilities, TAG_DISTRIBUTION, TAG_RUN, TAG_TOOL, Cloud, Image, Instance, LaunchSpec, wait_for
 from cislaves.clouds.gce.api import Conflict, NotFound, basename
 from cislaves.clouds.gce.labels import label_filter, label_key, label_value, labels_from_tags, resource_name
 from cislaves.clouds.gce.labels import tags_from_labels
@@ -72,6 +72,7 @@ class GCECloud(Cloud):
     """Instances, disks and images on Google Compute Engine."""
 
     name = "gce"
+    capabilities = Capabilities()  # images are global: no copies
     Settings = GCESettings
     ENV = {"project": "GCE_PROJECT", "zone": "GCE_ZONE", "credentials_file": "GOOGLE_APPLICATION_CREDENTIALS",
            "api_endpoint": "GCE_API_ENDPOINT", "username": "OS_USERNAME",

@@ -29,7 +29,7 @@ from cislaves import TOOL
 from cislaves.clouds.local import host
 from cislaves.clouds.local import net
 from cislaves.clouds.local import tree
-from cislaves.clouds.base import (TAG_DISTRIBUTION, TAG_ROLE, TAG_RUN, TAG_TOOL, Cloud, Image, Instance,
+from cislaves.clouds.base import (Capabilities, TAG_DISTRIBUTION, TAG_ROLE, TAG_RUN, TAG_TOOL, Cloud, Image, Instance,
                                   LaunchSpec, generate_keypair, isoformat, utcnow, wait_for)
 from cislaves.clouds.local.images import ID, ImageStore, matches, slug, write_json
 from cislaves.config import Strict
@@ -63,6 +63,7 @@ class LocalCloud(Cloud):
     """systemd-nspawn machines on overlayfs, each in its own network namespace with NAT."""
 
     name = "local"
+    capabilities = Capabilities(docker_inside=False)  # nspawn on overlayfs
     Settings = Settings
     ENV = {"mirror": "CISLAVES_LOCAL_MIRROR", "cache_dir": "CISLAVES_LOCAL_CACHE_DIR",
            "subnet": "CISLAVES_LOCAL_SUBNET", "boot_timeout": "CISLAVES_LOCAL_BOOT_TIMEOUT",

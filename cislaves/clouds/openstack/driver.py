@@ -20,7 +20,7 @@ from novaclient import client as nova_client
 
 from cislaves import TOOL, distros
 from cislaves.clouds.openstack import auth as openstack_auth
-from cislaves.clouds.base import (TAG_DISTRIBUTION, TAG_RUN, TAG_TOOL, Cloud, Image, Instance, LaunchSpec,
+from cislaves.clouds.base import (Capabilities, TAG_DISTRIBUTION, TAG_RUN, TAG_TOOL, Cloud, Image, Instance, LaunchSpec,
                                   generate_keypair, public_key_of, wait_for)
 from cislaves.clouds.openstack.api import Api, NotFound
 from cislaves.errors import CloudError, ConfigError
@@ -49,6 +49,7 @@ class OpenStackCloud(Cloud):
     """Bakes on OpenStack (or Rackspace): Nova servers, Glance snapshots, optional floating IPs."""
 
     name = "openstack"
+    capabilities = Capabilities(regions=True)  # regions are separate runs (OS_REGION_NAME)
     Settings = openstack_auth.Settings
     ENV = openstack_auth.ENV
 
