@@ -72,6 +72,7 @@ class TopLevel(Strict):
     clouds: dict[str, dict[str, Any]] = Field(default_factory=dict)
     gerrit: dict[str, Any] = Field(default_factory=dict)
     ci: dict[str, Any] = Field(default_factory=dict)
+    rebake: dict[str, Any] = Field(default_factory=dict)  # cislaves.lifecycle.settings validates it
 
 
 def describe_validation(error: ValidationError, where: str, prefix: str = "") -> str:
