@@ -165,8 +165,8 @@ class Config:
                 from_env[field_name] = var
         if model is None:
             return values
-        try:
-            return model.model_validate(values)
+        try:  # validators may resolve paths against the config file's folder: info.context["config"].relative
+            return model.model_validate(values, context={"config": self})
         except ValidationError as exc:
             first = exc.errors()[0]
             top = str(first["loc"][0]) if first["loc"] else ""
