@@ -69,14 +69,27 @@ def jobs(config: Config, limit: int = 200) -> list[str]:
     if not rows:
         return [f"no jobs (queue {path} is empty)"]
     now = time.time()
-    lines = table([[j.id, j.state, j.change, j.patchset, j.project or "-", j.trigger, _age(now - j.created)]
-                   for j in rows], ["ID", "STATE", "CHANGE", "PS", "PROJECT", "TRIGGER", "AGE"])
-    lines.append(", ".join(f"{n} {state}" for state, n in counts.items() if n) + f" (queue {path})")
+    lines = table([[j.id, j.state, j.change, j.patchset, printable(j.project or "-"), printable(j.trigger),
+                    _age(now - j.created)] for j in rows], ["ID", "STATE", "CHANGE", "PS", "PROJECT", "TRIGGER", "AGE"])
+    lines.append(", ".join(f"{n} {state}" for state, n in counts.items() if n) + f" (queue {printable(str(path))})")
     return lines
 
 
+def printable(text: str) -> str:
+    """`text` with every control or format character (escape sequences, bidi overrides, line breaks)
+    written as a Python escape, so that text from Gerrit cannot drive the terminal; a backslash is
+    doubled, so the escapes are unambiguous."""
+    if text.isprintable() and "\\" not in text:
+        return text
+    return "".join(c if c.isprintable() and c != "\\" else c.encode("unicode_escape").decode("ascii")
+                   for c in text)
+
+
 def enqueue(config: Config, change: int | str, patchset: int | str) -> str:
-    """Queue a manual run of CHANGE,PATCHSET (looked up on Gerrit); return a one-line confirmation."""
+    """Queue a manual run of CHANGE,PATCHSET (looked up on Gerrit); return a one-line confirmation.
+
+    Every call queues a new job. Manual jobs take no part in supersession: a newer patch set (uploaded
+    or enqueued) does not cancel them, and they cancel nothing (an operator asked for this run)."""
     change, patchset = _positive("change", change), _positive("patchset", patchset)
     gerrit_cfg, ci = gerrit_settings(config), ci_settings(config)
     gerrit = Gerrit(gerrit_cfg)
@@ -104,7 +117,7 @@ def enqueue(config: Config, change: int | str, patchset: int | str) -> str:
             db.close()
     except ev.BadEvent as exc:
         raise GerritError(f"{gerrit.where}: change {change} patch set {patchset}: {exc}") from None
-    return f"job {job_id} queued: change {change} patch set {patchset} ({event.change.project})"
+    return f"job {job_id} queued: change {change} patch set {patchset} ({printable(event.change.project or '-')})"
 
 
 def _positive(name: str, value: int | str) -> int:

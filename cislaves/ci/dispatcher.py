@@ -1,11 +1,13 @@
 """The listener service: a reader thread, a dispatcher thread and worker threads.
 
-reader      follows the stream (cislaves.ci.stream), parses each line (a bad line is logged and
-            counted, never fatal) and puts events on an in-memory queue; on every reconnect (and on a
-            start with a remembered position) it asks Gerrit for what it missed (cislaves.ci.catchup).
+reader      follows the stream (cislaves.ci.stream), parses the lines a trigger may want (a bad line
+            is logged and counted, never fatal; the others are only counted) and puts events on a
+            small in-memory queue; on every reconnect (after a drop, a refusal or a stalled stream) and
+            on a start with a remembered position it asks Gerrit for what it missed (cislaves.ci.catchup).
 dispatcher  takes events off that queue, runs them through the triggers, writes jobs into the SQLite
-            queue (the durable record), remembers the newest event time, wakes a worker; a
-            dropped-output event makes it catch up.
+            queue (the durable record) in the same transaction as the position (the newest event
+            time seen, never beyond now + gerrit.max_clock_skew), wakes a worker; a dropped-output
+            event makes it catch up. An event that fails in any way is logged and skipped.
 workers     (ci.workers of them) claim queued jobs and call the work function. Until the job runner
             exists, the default work logs the job and marks it succeeded.
 `stop()` lets running jobs finish within a grace period, then marks the rest queued again, so the next
@@ -15,6 +17,8 @@ from __future__ import annotations
 
 import logging
 import queue as _queue
+import re
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -32,7 +36,8 @@ from cislaves.errors import GerritError
 log = logging.getLogger(__name__)
 Work = Callable[[Job, threading.Event], "str | None"]
 BATCH = 256  # most events in one batch from reader to dispatcher
-INBOX = 100  # batches between reader and dispatcher; a full inbox slows the reader (bounded memory)
+INBOX = 16  # batches between reader and dispatcher; a full inbox slows the reader (bounded memory)
+CREATED_ON = re.compile(rb'"eventCreatedOn":\s*"?(\d{1,16})')  # the time of a line not decoded
 DRAIN = 200  # most stream chunks the dispatcher writes in one transaction
 POLL = 1.0  # seconds an idle worker waits before looking at the queue again (jobs from `fab enqueue`)
 
@@ -55,7 +60,10 @@ class Stats:
     jobs: int = 0
     duplicates: int = 0
     refused: int = 0
-    catchups: int = 0
+    failed_events: int = 0
+    future_times: int = 0
+    catchups: int = 0  # catch-up queries answered
+    caught_up: int = 0  # catch-up results the dispatcher has written
     started: int = 0
     finished: int = 0
 
@@ -80,7 +88,7 @@ class Service:
         self._resume_from: int | None = None
         self._last_seen = 0
         self._started = self._stopped = False
-        self._dropped = False  # a dropped-output event was seen: catch up after this batch
+        self._dropped: int | None = None  # position when a dropped-output came: catch up from there
 
     # -- life cycle
     def start(self, follow: bool = True) -> None:
@@ -92,7 +100,13 @@ class Service:
             if requeued:
                 log.info("re-queued %d job(s) interrupted by the last stop", requeued)
             self._resume_from = db.last_event_time()
-            self._last_seen = self._resume_from or int(time.time())
+            now = int(time.time())
+            if self._resume_from is not None and self._resume_from > self._horizon():
+                log.warning("remembered position %d is in the future; catching up from now instead",
+                            self._resume_from)
+                self._resume_from = now
+                db.set_last_event_time(now, reset=True)
+            self._last_seen = self._resume_from or now
             db.set_last_event_time(self._last_seen)
         finally:
             db.close()
@@ -141,63 +155,64 @@ class Service:
         self._on_lines(lines)
 
     def _on_lines(self, lines: list[bytes]) -> None:
-        """Parse a chunk's lines; hand the events to the dispatcher in one batch. Events no trigger
-        can want (and that are not dropped-output) are only counted and timed, not built."""
+        """Parse a chunk's lines; hand the events to the dispatcher in one batch. Lines no trigger can
+        want (and that are not dropped-output) are only counted (the quick byte filter), or decoded
+        and dropped (the filter on decoded JSON); the chunk's last line gives the position."""
         batch: list[ev.Event] = []
-        skipped, newest = 0, 0
+        passed = bad = 0
+        first = self.stats.lines
+        self.stats.lines += len(lines)
         limit = self.gerrit_settings.max_line_bytes
-        may_select = self.triggers.may_select
-        for line in lines:
-            self.stats.lines += 1
+        may_select_line, may_select = self.triggers.may_select_line, self.triggers.may_select
+        for number, line in enumerate(lines, first + 1):
+            if not may_select_line(line):
+                continue
             try:
                 data = ev.decode_line(line, limit)
                 if may_select(data) or data.get("type") == ev.DROPPED_OUTPUT:
                     batch.append(ev.from_dict(data))
                     if len(batch) >= BATCH:
-                        self.inbox.put(("events", batch, skipped, newest))
-                        batch, skipped = [], 0
-                    continue
-            except ev.BadEvent as exc:
-                self._on_bad_line(str(exc))
-                continue
-            skipped += 1
-            when = data.get("eventCreatedOn")
-            if when.__class__ is int and when > newest:
-                newest = when
-        if batch or skipped:
-            self.inbox.put(("events", batch, skipped, newest))
+                        passed += len(batch)
+                        self.inbox.put(("events", batch, 0, 0))
+                        batch = []
+            except Exception as exc:  # BadEvent, or a surprise: one line never stops the reader
+                bad += 1
+                self._bad_line(number, str(exc) if isinstance(exc, ev.BadEvent) else f"{type(exc).__name__}: {exc}")
+        match = CREATED_ON.search(lines[-1]) if lines else None
+        newest = (ev.seconds(int(match.group(1))) or 0) if match else 0
+        self.inbox.put(("events", batch, len(lines) - bad - passed - len(batch), newest))
 
     def _on_long_line(self, reason: str) -> None:
         self.stats.lines += 1
-        self._on_bad_line(reason)
+        self._bad_line(self.stats.lines, reason)
 
-    def _on_bad_line(self, reason: str) -> None:
+    def _bad_line(self, number: int, reason: str) -> None:
         self.stats.bad_lines += 1
-        log.warning("stream line %d skipped: %s", self.stats.lines, reason)
+        log.warning("stream line %d skipped: %s", number, reason)
 
     def _on_connect(self, gerrit: Gerrit, reconnected: bool) -> None:
         if not (reconnected or self._resume_from is not None):
             return
-        try:
-            found = self._catch_up(gerrit, "reconnect" if reconnected else "restart")
-        except Exception:  # a surprise in Gerrit's answer must not stop the stream
-            log.exception("catch-up failed")
-            return
+        found = self._catch_up(gerrit, "reconnect" if reconnected else "restart")
         self.inbox.put(("catch-up", found))
 
-    def _catch_up(self, gerrit: Gerrit | None, why: str) -> list[ev.Event]:
-        """The events Gerrit's query shows since the last event seen (minus the margin)."""
-        since = max(0, self._last_seen - int(self.gerrit_settings.catchup_margin))
+    def _catch_up(self, gerrit: Gerrit | None, why: str, position: int | None = None) -> list[ev.Event]:
+        """The events Gerrit's query shows since `position` (default: the last event seen) minus the
+        margin, every page. On any failure the connection is closed: the reader reconnects and
+        catches up again."""
         if gerrit is None:
             return []
+        s = self.gerrit_settings
+        position = self._last_seen if position is None else position
+        since = max(0, min(position, int(time.time())) - int(s.catchup_margin))
         try:
-            changes = gerrit.query(catchup.query_for(since, self.gerrit_settings.query_limit),
-                                   *catchup.QUERY_OPTIONS)
-        except GerritError as exc:
-            log.warning("catch-up after %s failed; reconnecting to try again: %s", why, exc)
-            gerrit.close()  # the reader reconnects (with backoff) and catches up again
+            changes = catchup.fetch(gerrit.query_page, since, s.query_limit)
+            found = catchup.events_from_changes(changes, since)
+        except Exception as exc:  # GerritError, or a surprise in Gerrit's answer
+            log.warning("catch-up after %s failed; reconnecting to try again: %s", why,
+                        exc if isinstance(exc, GerritError) else f"{type(exc).__name__}: {exc}")
+            gerrit.close()
             return []
-        found = catchup.events_from_changes(changes, since)
         self.stats.catchups += 1
         log.info("catch-up after %s: %d change(s), %d event(s) since %d", why, len(changes), len(found), since)
         return found
@@ -215,7 +230,8 @@ class Service:
                     except _queue.Empty:
                         break
                 new = 0
-                with db.batch():  # jobs are durable before any worker is woken
+                horizon = self._horizon()
+                with db.batch():  # jobs are durable before any worker is woken, with the position
                     for item in items:
                         if item is None:
                             running = False
@@ -223,45 +239,69 @@ class Service:
                         kind, batch = item[:2]
                         if kind == "events" and item[2]:
                             self.stats.events += item[2]
-                            self._last_seen = max(self._last_seen, item[3])
+                            self._advance(item[3], horizon)
                         for event in batch:
-                            if kind == "catch-up":
+                            if kind == "catch-up" or self._seen(event, horizon):
                                 new += self._accept(db, event, catchup.TOLERANCE)
-                            elif self._seen(event):
-                                new += self._accept(db, event, 0)
+                        self.stats.caught_up += kind == "catch-up"
                     db.set_last_event_time(self._last_seen)
-                if self._dropped:  # query Gerrit outside the transaction
-                    self._dropped = False
-                    found = self._catch_up(self.stream.gerrit, "dropped-output")
+                if self._dropped is not None:  # query Gerrit outside the transaction
+                    since, self._dropped = self._dropped, None
+                    found = self._catch_up(self.stream.gerrit, "dropped-output", since)
                     with db.batch():
                         new += sum(self._accept(db, event, catchup.TOLERANCE) for event in found)
+                    self.stats.caught_up += 1
                 if new:
                     self._notify()
         finally:
             db.close()
 
-    def _seen(self, event: ev.Event) -> bool:
+    def _horizon(self) -> float:
+        """The latest event time the position may take: now plus the allowed clock skew."""
+        return time.time() + self.gerrit_settings.max_clock_skew
+
+    def _advance(self, when: int | None, horizon: float) -> None:
+        """Move the position to `when` if it is newer and not beyond `horizon` (a time from the future
+        would make every later catch-up start after the events it should find)."""
+        if not when or when <= self._last_seen:
+            return
+        if when <= horizon:
+            self._last_seen = when
+            return
+        self.stats.future_times += 1
+        if self.stats.future_times in (1, 10, 100) or self.stats.future_times % 1000 == 0:
+            log.warning("event time %d is %.0f s ahead of this clock; not used as position (%d such event(s))",
+                        when, when - horizon + self.gerrit_settings.max_clock_skew, self.stats.future_times)
+
+    def _seen(self, event: ev.Event, horizon: float) -> bool:
         """Count a stream event and note its time; False for dropped-output (which starts a catch-up)."""
         self.stats.events += 1
-        if event.created_on and event.created_on > self._last_seen:
-            self._last_seen = event.created_on
+        self._advance(event.created_on, horizon)
         if event.type == ev.DROPPED_OUTPUT:
             log.warning("Gerrit dropped events for this connection; catching up")
-            self._dropped = True
+            if self._dropped is None:
+                self._dropped = self._last_seen
             return False
         return True
 
     def _accept(self, db: JobQueue, event: ev.Event, tolerance: float) -> bool:
-        """Enqueue `event` if a trigger accepts it; True when that made a new job."""
-        trigger = self.triggers.select(event)
-        if trigger is None:
-            return False
-        self.stats.matched += 1
+        """Enqueue `event` if a trigger accepts it; True when that made a new job. An event that fails
+        in any way (a bad ref, a value SQLite cannot store, ...) is logged and skipped."""
         try:
-            job_id = db.enqueue(event, trigger, tolerance=tolerance)
+            trigger = self.triggers.select(event)
+            if trigger is None:
+                return False
+            self.stats.matched += 1
+            with db.savepoint():
+                job_id = db.enqueue(event, trigger, tolerance=tolerance)
         except ev.BadEvent as exc:
             self.stats.refused += 1
-            log.warning("change %s patch set %s refused: %s", event.change_number, event.patchset_number, exc)
+            log.warning("change %.20s patch set %.20s refused: %s", event.change_number, event.patchset_number, exc)
+            return False
+        except sqlite3.OperationalError:
+            raise  # the database itself is failing (disk, locks): the service stops and says so
+        except Exception as exc:
+            self._event_failed(event, exc)
             return False
         if job_id is None:
             self.stats.duplicates += 1
@@ -270,6 +310,11 @@ class Service:
         log.info("job %d queued: change %s patch set %s (%s, trigger %s)", job_id, event.change_number,
                  event.patchset_number, event.type, trigger)
         return True
+
+    def _event_failed(self, event: ev.Event, exc: Exception) -> None:
+        self.stats.failed_events += 1
+        log.warning("%s event of change %.20s skipped: %s: %s", event.type, event.change_number,
+                    type(exc).__name__, exc)
 
     # -- worker threads
     def _worker(self) -> None:

@@ -1,10 +1,13 @@
 """The durable job queue: SQLite in WAL mode in the tool's data directory.
 
 Every accepted event becomes one job row (queued, running, succeeded, failed, cancelled) that keeps
-the event. The same event twice is one job (a unique key per event); a newer patch set of a change
-cancels the queued jobs of older ones. Jobs found `running` when a listener starts were interrupted
-(crash or stop) and are queued again. Each thread opens its own JobQueue (SQLite connections are not
-shared between threads).
+the event. The same event twice is one job: its key is built only from what the stream and catch-up
+(`gerrit query`) both report (type, change, patch set, trigger; for a comment its author and text and,
+within a tolerance, its time; never the approvals, which the stream lists in full and the query only
+as real votes). A newer patch set of a change cancels the queued jobs of older ones; manual jobs
+(`fab enqueue`) neither cancel nor get cancelled. Jobs found `running` when a listener starts were
+interrupted (crash or stop) and are queued again. Each thread opens its own JobQueue (SQLite
+connections are not shared between threads).
 """
 from __future__ import annotations
 
@@ -120,7 +123,8 @@ class JobQueue:
 
         The ref must be refs/changes/NN/CHANGE/PATCHSET (BadEvent otherwise). With `tolerance`, an
         event of the same kind, change, patch set, author and comment within that many seconds counts as
-        the same event (catch-up sees comment times that may differ slightly from the stream's).
+        the same event (catch-up sees comment times that may differ slightly from the stream's). A
+        manual job is always new and takes no part in supersession.
         """
         change, patchset = event.change_number, event.patchset_number
         ref = ev.check_ref(event.patchset.ref if event.patchset else None, change, patchset)
@@ -129,7 +133,7 @@ class JobQueue:
             key = f"{stem}:{uuid.uuid4().hex}"
         now = time.time()
         with self.batch():
-            if tolerance and event.created_on is not None and self.db.execute(
+            if tolerance and stem != key and event.created_on is not None and self.db.execute(
                     "SELECT 1 FROM jobs WHERE stem=? AND event_time BETWEEN ? AND ? LIMIT 1",
                     (stem, event.created_on - tolerance, event.created_on + tolerance)).fetchone():
                 return None
@@ -139,16 +143,16 @@ class JobQueue:
                 "SELECT ?,?,?, CASE WHEN newer.ps IS NULL THEN 'queued' ELSE 'cancelled' END, ?,?,?,?,?,?,?,?,?,?,?,"
                 " CASE WHEN newer.ps IS NULL THEN NULL ELSE 'superseded by patch set ' || newer.ps END "
                 "FROM (SELECT max(patchset) AS ps FROM jobs WHERE change=? AND patchset>? AND ?=0 "
-                "      AND state IN ('queued','running')) AS newer "
+                "      AND state IN ('queued','running') AND event_type!='manual') AS newer "
                 "RETURNING id, state",
                 (key, stem, event.created_on, change, patchset, event.change.project, event.change.branch, ref,
                  event.patchset.revision, trigger, event.type, json.dumps(event.raw, separators=(",", ":")),
                  now, now, change, patchset, int(manual))).fetchone()
             job_id = row[0] if row else None
-            if row and row[1] == "queued":
+            if row and row[1] == "queued" and not manual:
                 self.db.execute(
                     "UPDATE jobs SET state='cancelled', updated=?, result=? "
-                    "WHERE change=? AND patchset<? AND state='queued'",
+                    "WHERE change=? AND patchset<? AND state='queued' AND event_type!='manual'",
                     (now, f"superseded by patch set {patchset}", change, patchset))
         return job_id
 
@@ -166,6 +170,18 @@ class JobQueue:
                 self.db.execute("ROLLBACK")
                 raise
             self.db.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """Inside a transaction: undo only what this block wrote if it raises."""
+        self.db.execute("SAVEPOINT one_event")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK TO one_event")
+            self.db.execute("RELEASE one_event")
+            raise
+        self.db.execute("RELEASE one_event")
 
     # -- running jobs
     def claim(self) -> Job | None:
@@ -218,23 +234,28 @@ class JobQueue:
         row = self.db.execute("SELECT value FROM meta WHERE name='last_event_time'").fetchone()
         return int(row[0]) if row else None
 
-    def set_last_event_time(self, when: int) -> None:
-        """Remember the newest eventCreatedOn seen (never moves backwards)."""
+    def set_last_event_time(self, when: int, *, reset: bool = False) -> None:
+        """Remember the newest eventCreatedOn seen (never moves backwards unless `reset`)."""
         self.db.execute(
             "INSERT INTO meta (name, value) VALUES ('last_event_time', ?) ON CONFLICT(name) DO UPDATE "
-            "SET value=excluded.value WHERE CAST(value AS INTEGER) < CAST(excluded.value AS INTEGER)",
-            (str(int(when)),))
+            "SET value=excluded.value WHERE ? OR CAST(value AS INTEGER) < CAST(excluded.value AS INTEGER)",
+            (str(int(when)), int(reset)))
 
 
 def event_key(event: ev.Event, trigger: str) -> tuple[str, str]:
-    """(stem, key) identifying an event: a patch set or merge is one job per trigger; a comment is one
-    job per author, text and time."""
-    base = f"{event.type}:{event.change_number}:{event.patchset_number}:{trigger}"
-    if event.type != ev.COMMENT_ADDED:
+    """(stem, key) identifying an event, equal whichever way it arrived (stream, catch-up, restart).
+
+    A patch set or merge is one job per trigger; a change leaving WIP or private state shares its
+    upload's key (it completes an upload that was skipped, or is a duplicate of one that was not). A
+    comment or restore is one job per author, text and time (the stem without the time: the caller's
+    tolerance compares times)."""
+    kind = ev.PATCHSET_CREATED if event.type in ev.READY_STATE_CHANGED else event.type
+    base = f"{kind}:{event.change_number}:{event.patchset_number}:{trigger}"
+    if kind in (ev.PATCHSET_CREATED, ev.CHANGE_MERGED):
         return base, base
     author = event.account.label() if event.account else "?"
-    digest = hashlib.sha1(json.dumps([author, event.comment,
-                                      [(a.type, a.value) for a in event.approvals]]).encode()).hexdigest()[:16]
+    text = " ".join((event.comment or "").split())  # whitespace as either source may trim it
+    digest = hashlib.sha1(json.dumps([author, text]).encode()).hexdigest()[:16]
     stem = f"{base}:{digest}"
     return stem, f"{stem}@{event.created_on}"
 

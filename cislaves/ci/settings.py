@@ -17,7 +17,8 @@ GERRIT_ENV = {
     "key_file": "CISLAVES_GERRIT_KEY_FILE",
     "known_hosts": "CISLAVES_GERRIT_KNOWN_HOSTS",
 }
-EventType = Literal["patchset-created", "comment-added", "change-merged"]
+EventType = Literal["patchset-created", "comment-added", "change-merged", "change-restored",
+                    "wip-state-changed", "private-state-changed"]
 PatchSetKind = Literal["REWORK", "TRIVIAL_REBASE", "MERGE_FIRST_PARENT_UPDATE", "NO_CODE_CHANGE", "NO_CHANGE"]
 
 
@@ -33,10 +34,13 @@ class GerritSettings(Strict):
     keepalive: float = Field(15, gt=0)  # seconds between SSH keepalives
     connect_timeout: float = Field(30, gt=0)
     backoff_first: float = Field(1, gt=0)  # reconnect delay after the first failure, doubled each time
-    backoff_max: float = Field(120, gt=0)  # cap of the reconnect delay (full jitter below the cap)
+    backoff_max: float = Field(8, gt=0, le=60)  # cap of the reconnect delay (jitter in its upper half)
     max_line_bytes: int = Field(1 << 20, ge=1024)  # longer stream lines are skipped and counted
     catchup_margin: float = Field(300, ge=0)  # seconds subtracted from the last event seen when catching up
-    query_limit: int = Field(500, ge=1, le=10000)
+    query_limit: int = Field(500, ge=1, le=10000)  # changes per catch-up query page (--start pages on)
+    idle_probe: float = Field(30, gt=0)  # seconds of stream silence before asking `gerrit version`
+    probe_timeout: float = Field(20, gt=0)  # seconds the answer may take before the stream counts as stalled
+    max_clock_skew: float = Field(60, ge=0)  # event times further ahead than now + this do not move the position
 
 
 class Approval(Strict):
@@ -53,9 +57,11 @@ class Trigger(Strict):
     name: str = Field("check", pattern=r"^[A-Za-z0-9_.-]{1,40}$")
     projects: list[str] = Field(default_factory=lambda: ["re:.*"])
     branches: list[str] = Field(default_factory=lambda: ["re:.*"])
-    events: list[EventType] = Field(default_factory=lambda: ["patchset-created", "comment-added"])
+    events: list[EventType] = Field(default_factory=lambda: ["patchset-created", "comment-added",
+                                                             "wip-state-changed", "private-state-changed",
+                                                             "change-restored"])
     skip_kinds: list[PatchSetKind] = Field(default_factory=lambda: ["NO_CODE_CHANGE", "TRIVIAL_REBASE",
-                                                                     "NO_CHANGE"])
+                                                                     "MERGE_FIRST_PARENT_UPDATE", "NO_CHANGE"])
     comments: list[str] | None = None  # regexes on the comment body; None: recheck / recheck <ci name>
     approvals: list[Approval] = Field(default_factory=list)
     include_wip: bool = False

@@ -3,9 +3,15 @@
 The host key is checked against known_hosts; an unknown key is refused with a message saying how to
 add it, unless `gerrit.accept_first_host_key` pins the first one seen (written to known_hosts). A
 changed key is always refused. `EventStream.run` follows the stream and reconnects after any network
-failure with capped exponential backoff and full jitter; lines are read in large chunks (Fabric's
-`run` reads in small ones and manages a few thousand events per second). Commands are built from argv
-lists, each word quoted with shlex.quote, so text from config or Gerrit is never interpreted.
+failure with exponential backoff capped at `backoff_max` (jitter in the upper half); lines are read in
+large chunks (Fabric's `run` reads in small ones and manages a few thousand events per second).
+
+Gerrit sends nothing on an idle stream, and SSH keepalives need no answer, so a stalled or half-open
+connection looks exactly like a quiet one. After `idle_probe` seconds of silence the reader runs
+`gerrit version` on the same connection; no answer within `probe_timeout` seconds means the stream is
+stalled: it is closed, logged and reconnected (and the reconnect catches up).
+Commands are built from argv lists, each word quoted with shlex.quote, so text from config or Gerrit
+is never interpreted.
 """
 from __future__ import annotations
 
@@ -15,17 +21,19 @@ import random
 import shlex
 import socket
 import threading
+import time
 from pathlib import Path
 from typing import Callable
 
 import paramiko
 
+from cislaves.ci import events as ev
 from cislaves.ci.settings import GerritSettings
 from cislaves.errors import GerritError
 
 log = logging.getLogger(__name__)
-CHUNK = 1 << 23  # read all that is buffered: paramiko moves the rest of its buffer after a partial read
-WINDOW = 1 << 25  # SSH channel window (32 MiB) and largest packet we accept (256 KiB): a fast stream
+CHUNK = 1 << 20  # most bytes taken from the channel at once (its buffer holds at most WINDOW)
+WINDOW = 1 << 23  # SSH channel window (8 MiB) and largest packet we accept (256 KiB): a fast stream
 PACKET = 1 << 18  # neither stalls on window adjustments nor pays per-packet costs too often
 
 
@@ -128,21 +136,56 @@ class Gerrit:
         return bytes(out)
 
     def query(self, query: str, *options: str) -> list[dict]:
-        """`gerrit query --format=JSON OPTIONS QUERY`: the change records (the stats line dropped)."""
+        """`gerrit query --format=JSON OPTIONS QUERY`: the change records of one page (see query_page)."""
+        changes, more = self.query_page(query, *options)
+        if more:
+            log.warning("%s: gerrit query returned more changes than the limit; some were not read", self.where)
+        return changes
+
+    def query_page(self, query: str, *options: str) -> tuple[list[dict], bool]:
+        """One page of `gerrit query --format=JSON OPTIONS QUERY`: (change records, moreChanges)."""
         out = self.run(["gerrit", "query", "--format=JSON", *options, query])
-        changes = []
+        changes, more = [], False
         for number, line in enumerate(out.splitlines(), 1):
             try:
-                record = json.loads(line)
-            except ValueError:
-                log.warning("%s: gerrit query line %d is not JSON; skipped", self.where, number)
+                record = ev.decode_line(line, len(line))
+            except ev.BadEvent as exc:
+                log.warning("%s: gerrit query line %d skipped: %s", self.where, number, exc)
                 continue
             if isinstance(record, dict) and record.get("type") != "stats":
                 changes.append(record)
-            elif isinstance(record, dict) and record.get("moreChanges"):
-                log.warning("%s: gerrit query returned more changes than the limit; some were not read",
-                            self.where)
-        return changes
+            elif isinstance(record, dict):
+                more = record.get("moreChanges") in (True, "true")
+        return changes, more
+
+    def probe(self, timeout: float) -> None:
+        """Run `gerrit version` on this connection; GerritError unless an answer (any exit status)
+        arrives within `timeout` seconds. Unlike a keepalive, it needs the server to reply."""
+        transport = self.client.get_transport() if self.client is not None else None
+        if transport is None or not transport.is_active():
+            raise GerritError(f"{self.where}: connection closed")
+        deadline = time.monotonic() + timeout
+        late = GerritError(f"{self.where}: no answer to `gerrit version` within {timeout:g}s")
+        try:
+            channel = transport.open_session(timeout=timeout)
+        except (OSError, EOFError, paramiko.SSHException):
+            raise late from None
+        timer = threading.Timer(max(0.0, deadline - time.monotonic()), channel.close)  # unblocks exec_command
+        timer.daemon = True
+        timer.start()
+        try:
+            channel.settimeout(max(0.001, deadline - time.monotonic()))
+            channel.exec_command("gerrit version")
+            while channel.recv(4096):
+                pass
+            channel.recv_exit_status()
+        except (OSError, EOFError, socket.timeout, paramiko.SSHException):
+            raise late from None
+        finally:
+            timer.cancel()
+            channel.close()
+        if time.monotonic() > deadline:
+            raise late
 
     def review(self, change: int, patchset: int, message: str | None = None,
                labels: dict[str, int] | None = None, tag: str | None = None, project: str | None = None) -> None:
@@ -174,10 +217,12 @@ class EventStream:
         self.stop = threading.Event()
         self.gerrit: Gerrit | None = None
         self.connections = 0
+        self.failures = 0  # failed connection attempts in a row (the backoff grows with them)
+        self.stalls = 0  # streams found stalled by the probe
 
     def run(self) -> None:
         """Read events until stopped; raise Fatal for problems that retrying cannot fix."""
-        failures = 0
+        self.failures = 0
         while not self.stop.is_set():
             gerrit = self.gerrit = Gerrit(self.settings)
             got_lines = False
@@ -203,8 +248,8 @@ class EventStream:
                     log.warning("%s: connection lost: %s", gerrit.where, exc or type(exc).__name__)
             finally:
                 gerrit.close()
-            failures = 0 if got_lines else failures + 1
-            self.stop.wait(self.backoff(failures))
+            self.failures = 0 if got_lines else self.failures + 1
+            self.stop.wait(self.backoff(self.failures))
 
     def close(self) -> None:
         """Stop following the stream; a blocked read returns at once."""
@@ -213,14 +258,16 @@ class EventStream:
             self.gerrit.close()
 
     def backoff(self, failures: int) -> float:
-        """Seconds to wait before reconnecting: full jitter below first * 2**failures, capped."""
+        """Seconds to wait before reconnecting: between half and all of first * 2**failures, never more
+        than backoff_max (so a server that is back is reached within backoff_max plus a connect)."""
         ceiling = min(self.settings.backoff_max, self.settings.backoff_first * (2 ** min(failures, 30)))
         return self.rng.uniform(ceiling / 2, ceiling) if failures else self.rng.uniform(0, ceiling / 2)
 
     def _read(self, channel: paramiko.Channel) -> bool:
         """Pass the complete lines of each chunk to on_lines; skip (and report) lines over the limit."""
         limit = self.settings.max_line_bytes
-        channel.settimeout(self.settings.keepalive * 4)
+        s = self.settings
+        channel.settimeout(s.idle_probe)
         pending = b""
         skipping = False
         got = False
@@ -228,8 +275,17 @@ class EventStream:
             try:
                 chunk = channel.recv(CHUNK)
             except socket.timeout:
-                if channel.get_transport() is None or not channel.get_transport().is_active():
+                transport = channel.get_transport()
+                if transport is None or not transport.is_active() or self.stop.is_set():
                     return got
+                try:
+                    self.gerrit.probe(s.probe_timeout)
+                except GerritError as exc:
+                    if self.stop.is_set():
+                        return got
+                    self.stalls += 1
+                    raise GerritError(f"stream silent for {s.idle_probe:g}s and {exc}: stalled; "
+                                      f"reconnecting") from None
                 continue
             if not chunk:
                 return got

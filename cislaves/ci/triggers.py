@@ -3,10 +3,13 @@
 Built once from the `ci.triggers` settings; `Triggers.select(event)` returns the first trigger that
 accepts the event (its name) or None. Comments by our own Gerrit account never trigger, so the CI's
 own reports cannot start a loop. Work-in-progress and private changes are skipped unless a trigger
-includes them.
+includes them; a change that leaves that state (wip-state-changed, private-state-changed) is accepted
+as its upload would have been (the queue gives it the upload's identity, so a patch set tested once
+is not tested again). The reader's quick filter `may_select_line` rejects most lines without decoding.
 """
 from __future__ import annotations
 
+import json
 import logging
 import re
 from dataclasses import dataclass
@@ -16,7 +19,10 @@ from cislaves.ci import events as ev
 from cislaves.ci.settings import Trigger
 
 log = logging.getLogger(__name__)
-HEADER = re.compile(r"\A\s*Patch Set \d+:[^\n]*(\n\s*)*")
+CATCH_UP = "cislavesCatchUp"  # marks an event rebuilt by catch-up from `gerrit query`
+# Gerrit's preamble: "Patch Set 3: Code-Review+1", blank lines, "(2 comments)" (inline comments), blank
+HEADER = re.compile(r"\A\s*Patch Set \d+:[^\n]*(\n\s*)*(\(\d+ (inline )?comments?\)[ \t]*(\n\s*)*)?")
+ALWAYS = (ev.DROPPED_OUTPUT,)  # types the reader must decode whatever the triggers want
 
 
 @dataclass
@@ -42,6 +48,29 @@ class Triggers:
         self.rules = [_compile(t, ci_name) for t in triggers]
         self.types = frozenset().union(*(r.events for r in self.rules)) if self.rules else frozenset()
         self._projects = _alternatives([p for t in triggers for p in t.projects])
+        self._type_tokens = tuple(json.dumps(t).encode() for t in sorted(self.types) + list(ALWAYS))
+        literal = all(not p.startswith("re:") for t in triggers for p in t.projects)
+        self._project_tokens = tuple(json.dumps(p, ensure_ascii=False).encode()
+                                     for t in triggers for p in t.projects) if literal else None
+
+    def may_select_line(self, line: bytes) -> bool:
+        """False when a raw stream line certainly holds no event a trigger wants and no dropped-output:
+        it names none of the wanted types (or none of the watched projects, when all are exact names)
+        as a JSON string, has no \\u or \\/ escape that could spell one, and looks like an event object
+        (a line that does not is decoded, so that it is reported). True otherwise: decode it."""
+        if b"\\u" in line or b"\\/" in line or line[:1] != b"{" or line[-1:] != b"}" or b'"type"' not in line:
+            return True
+        for token in self._type_tokens:
+            if token in line:
+                break
+        else:
+            return False
+        if self._project_tokens is None or b'"dropped-output"' in line:
+            return True
+        for token in self._project_tokens:
+            if token in line:
+                return True
+        return False
 
     def may_select(self, data: Any) -> bool:
         """False when decoded stream JSON certainly cannot trigger (an event type no trigger wants, or
@@ -108,21 +137,22 @@ def _accepts(rule: Compiled, event: ev.Event, change: ev.Change) -> bool:
         return False
     if (change.wip and not rule.include_wip) or (change.private and not rule.include_private):
         return False
-    if event.type == ev.PATCHSET_CREATED:
-        return event.patchset.kind not in rule.skip_kinds
+    if event.type in (ev.PATCHSET_CREATED, ev.WIP_STATE_CHANGED, ev.PRIVATE_STATE_CHANGED):
+        return event.patchset.kind not in rule.skip_kinds  # a state change: the upload it completes
     if event.type == ev.COMMENT_ADDED:
         body = comment_body(event.comment)
         if any(p.match(body) for p in rule.comments):
             return True
         return any(_approved(a, event) for a in rule.approvals)
-    return True  # change-merged
+    return True  # change-merged, change-restored
 
 
 def _approved(wanted, event: ev.Event) -> bool:
     if wanted.by is not None and (event.account is None or not event.account.matches(wanted.by)):
         return False
+    rebuilt = event.raw.get(CATCH_UP) is True  # catch-up lists only the votes given with the comment
     for approval in event.approvals:
-        if approval.type == wanted.label and approval.value == wanted.value \
-                and approval.old_value != approval.value:
+        if approval.type == wanted.label and approval.value == wanted.value and (
+                approval.old_value != approval.value if approval.old_value is not None else rebuilt):
             return True
-    return False
+    return False  # the stream lists every label; a vote given in this comment carries its oldValue

@@ -1,4 +1,5 @@
-"""Fixtures for the CI tests: a key pair, the fake Gerrit, a config file pointing at it."""
+"""Fixtures for the CI tests: a key pair, the fake Gerrit, a fault-injecting proxy in front of it, a
+config file pointing at either."""
 from __future__ import annotations
 
 import logging
@@ -11,6 +12,7 @@ from cislaves.ci.dispatcher import Service
 from cislaves.ci.settings import ci_settings, gerrit_settings, queue_path
 from cislaves.clouds.base import generate_keypair
 from tests.ci.fake_gerrit import FakeGerrit
+from tests.ci.proxy import FaultProxy
 
 
 @pytest.fixture(scope="session")
@@ -28,15 +30,25 @@ def gerrit(ci_key):
 
 
 @pytest.fixture
+def proxy(gerrit):
+    """A FaultProxy in front of the fake Gerrit."""
+    fault = FaultProxy(gerrit.port).start()
+    yield fault
+    fault.stop()
+
+
+@pytest.fixture
 def make_config(tmp_path, ci_key, gerrit):
-    """Write segredos-style YAML for the fake Gerrit (with extra `ci:`/`gerrit:` keys) and load it."""
-    def make(ci=None, gerrit_extra=None, pin=False):
+    """Write segredos-style YAML for the fake Gerrit (with extra `ci:`/`gerrit:` keys) and load it;
+    `via=proxy` connects through that proxy instead."""
+    def make(ci=None, gerrit_extra=None, pin=False, via=None):
         known = tmp_path / "known_hosts"
+        port = via.port if via is not None else gerrit.port
         if not pin:
-            gerrit.write_known_hosts(known)
+            known.write_text(gerrit.known_hosts_line().replace(f"]:{gerrit.port} ", f"]:{port} ", 1))
         data = {
             "data_dir": str(tmp_path / "data"),
-            "gerrit": {"host": "127.0.0.1", "port": gerrit.port, "user": "acme-ci", "key_file": str(ci_key[0]),
+            "gerrit": {"host": "127.0.0.1", "port": port, "user": "acme-ci", "key_file": str(ci_key[0]),
                        "known_hosts": str(known), "backoff_first": 0.02, "backoff_max": 0.2,
                        "accept_first_host_key": pin, **(gerrit_extra or {})},
             "ci": {"name": "acme-ci", "workers": 2, **(ci or {})},

@@ -1,11 +1,16 @@
 """A fake Gerrit SSH server (asyncssh on its own thread and event loop, 127.0.0.1, a free port).
 
-It keeps a small model of changes (patch sets, comments, votes) and speaks the real formats:
-- `gerrit stream-events`: one JSON event per line (patchset-created, comment-added, change-merged, ...),
-  a per-connection buffer of 128 events whose overflow becomes one dropped-output event;
-- `gerrit query --format=JSON [--current-patch-set] [--patch-sets] [--comments] QUERY` (status:open,
-  since:"...", change:N, limit:N), ending with the stats line;
-- `gerrit review ...`: recorded (argv split the way Gerrit splits it).
+It keeps a small model of changes (patch sets, comments, votes, WIP/private/abandoned/merged state)
+and speaks Gerrit 3.x's real formats:
+- `gerrit stream-events`: one JSON event per line (patchset-created, comment-added with the full
+  approvals list of the change's labels: value "0" where the author has no vote, oldValue only on a
+  vote given in that comment, numbers as strings; wip-state-changed, private-state-changed,
+  change-abandoned, change-restored, change-merged), a per-connection buffer of 128 events whose
+  overflow becomes one dropped-output event;
+- `gerrit query --format=JSON [--current-patch-set] [--patch-sets] [--all-approvals] [--comments]
+  [--start N] QUERY` (status:open, since:"...", change:N, limit:N), newest change first, ending with
+  the stats line (`moreChanges`); approvals there are real votes only, with grantedOn;
+- `gerrit version`; `gerrit review ...`: recorded (argv split the way Gerrit splits it).
 Tests can drop every streaming connection mid-stream, pause the stream (a stalled consumer), or write
 raw bytes (malformed lines, benchmarks). Every command line is recorded in `commands`.
 """
@@ -26,6 +31,8 @@ from typing import Any
 import asyncssh
 
 DROPPED = json.dumps({"type": "dropped-output", "eventCreatedOn": 0}).encode() + b"\n"
+LABELS = ("Code-Review", "Verified", "Workflow")  # every change has these labels
+VERSION = b"gerrit version 3.9.1\n"
 
 
 class FakeGerrit:
@@ -92,6 +99,8 @@ class FakeGerrit:
                   "uploader": account(uploader), "author": account(uploader), "createdOn": when,
                   "kind": kind, "approvals": []}
             change["patchSets"].append(ps)
+            change["comments"].append({"timestamp": when, "reviewer": account(uploader),
+                                       "message": f"Uploaded patch set {patchset}."})
             change["lastUpdated"] = when
             event = {"type": "patchset-created", "change": _public(change), "patchSet": _bare(ps),
                      "uploader": account(uploader), "eventCreatedOn": when}
@@ -109,18 +118,67 @@ class FakeGerrit:
             votes = votes or {}
             header = f"Patch Set {patchset}:" + "".join(f" {k}{v:+d}" for k, v in votes.items())
             message = f"{header}\n\n{text}" if text else header
-            approvals = []
             for label, value in votes.items():
                 ps["approvals"] = [a for a in ps["approvals"] if not (a["type"] == label and
                                                                        a["by"]["username"] == author)]
                 ps["approvals"].append({"type": label, "description": label, "value": str(value),
                                         "grantedOn": when, "by": account(author)})
-                approvals.append({"type": label, "description": label, "value": str(value), "oldValue": "0"})
+            approvals = []  # Gerrit 3.x: every label, the author's current value ("0": none)
+            for label in LABELS:
+                mine = next((a for a in ps["approvals"] if a["type"] == label
+                             and a["by"]["username"] == author), None)
+                approval = {"type": label, "description": label, "value": mine["value"] if mine else "0"}
+                if label in votes:
+                    approval["oldValue"] = "0"
+                approvals.append(approval)
             change["comments"].append({"timestamp": when, "reviewer": account(author), "message": message})
             change["lastUpdated"] = when
             event = {"type": "comment-added", "change": _public(change), "patchSet": _bare(ps),
                      "author": account(author), "approvals": approvals, "comment": message,
                      "eventCreatedOn": when}
+        if publish:
+            self.publish(event)
+        return event
+
+    def set_wip(self, number: int, wip: bool, **kw) -> dict:
+        """Mark the change work in progress (or ready); publishes wip-state-changed."""
+        message = "Set Work In Progress" if wip else "Set Ready For Review"
+        return self._state(number, "wip-state-changed", "changer", message, wip=wip, **kw)
+
+    def set_private(self, number: int, private: bool, **kw) -> dict:
+        """Mark the change private (or public); publishes private-state-changed."""
+        message = "Set private" if private else "Unset private"
+        return self._state(number, "private-state-changed", "changer", message, private=private, **kw)
+
+    def abandon(self, number: int, **kw) -> dict:
+        """Abandon the change; publishes change-abandoned."""
+        return self._state(number, "change-abandoned", "abandoner", "Abandoned", status="ABANDONED",
+                           open=False, **kw)
+
+    def restore(self, number: int, **kw) -> dict:
+        """Restore an abandoned change; publishes change-restored."""
+        return self._state(number, "change-restored", "restorer", "Restored", status="NEW", open=True, **kw)
+
+    def merge(self, number: int, **kw) -> dict:
+        """Merge the change; publishes change-merged."""
+        return self._state(number, "change-merged", "submitter", None, status="MERGED", open=False, **kw)
+
+    def _state(self, number: int, kind: str, who_field: str, message: str | None, *, who: str = "alice",
+               publish: bool = True, when: int | None = None, **state) -> dict:
+        when = self.clock() if when is None else when
+        with self._lock:
+            change = self.changes[number]
+            change.update(state)
+            if message:
+                change["comments"].append({"timestamp": when, "reviewer": account(who), "message": message})
+            change["lastUpdated"] = when
+            ps = change["patchSets"][-1]
+            event = {"type": kind, "change": _public(change), "patchSet": _bare(ps), who_field: account(who),
+                     "eventCreatedOn": when}
+            if kind == "change-merged":
+                event["newRev"] = ps["revision"]
+            elif kind in ("change-restored", "change-abandoned"):
+                event["reason"] = ""
         if publish:
             self.publish(event)
         return event
@@ -213,6 +271,9 @@ class FakeGerrit:
         elif argv[:2] == ["gerrit", "query"]:
             process.stdout.write(self._query(argv[2:]))
             process.exit(0)
+        elif argv[:2] == ["gerrit", "version"]:
+            process.stdout.write(VERSION)
+            process.exit(0)
         elif argv[:2] == ["gerrit", "review"]:
             with self._lock:
                 self.reviews.append(argv)
@@ -246,12 +307,14 @@ class FakeGerrit:
 
     def _query(self, args: list[str]) -> bytes:
         options = {a for a in args if a.startswith("--")}
-        query = " ".join(a for a in args if not a.startswith("--"))
+        start = int(args[args.index("--start") + 1]) if "--start" in args else 0
+        words = [a for i, a in enumerate(args) if not a.startswith("--") and not (i and args[i - 1] == "--start")]
+        query = " ".join(words)
         terms = dict(re.findall(r'(\w+):("[^"]*"|\S+)', query))
         limit = int(terms.get("limit", 500))
         rows = []
         with self._lock:
-            for change in sorted(self.changes.values(), key=lambda c: -c["lastUpdated"]):
+            for change in sorted(self.changes.values(), key=lambda c: (-c["lastUpdated"], -c["number"])):
                 if terms.get("status") == "open" and not change["open"]:
                     continue
                 if "change" in terms and str(change["number"]) != terms["change"]:
@@ -260,17 +323,18 @@ class FakeGerrit:
                     continue
                 record = _public(change)
                 record["lastUpdated"] = change["lastUpdated"]
+                ps_form = dict if "--all-approvals" in options else _bare
                 if "--current-patch-set" in options:
                     record["currentPatchSet"] = dict(change["patchSets"][-1])
-                if "--patch-sets" in options:
-                    record["patchSets"] = [_bare(p) for p in change["patchSets"]]
+                if "--patch-sets" in options or "--all-approvals" in options:
+                    record["patchSets"] = [ps_form(p) for p in change["patchSets"]]
                 if "--comments" in options:
                     record["comments"] = list(change["comments"])
-                rows.append(record)
-        more = len(rows) > limit
-        rows = rows[:limit]
+                rows.append(json.dumps(record).encode())
+        more = len(rows) > start + limit
+        rows = rows[start:start + limit]
         stats = {"type": "stats", "rowCount": len(rows), "runTimeMilliseconds": 1, "moreChanges": more}
-        return b"".join(json.dumps(r).encode() + b"\n" for r in rows + [stats])
+        return b"".join(r + b"\n" for r in rows) + json.dumps(stats).encode() + b"\n"
 
 
 class _Subscriber:
@@ -297,6 +361,7 @@ def account(username: str) -> dict:
 
 def _public(change: dict) -> dict:
     keys = ("project", "branch", "id", "number", "subject", "owner", "url", "status", "wip", "private")
+    # Gerrit leaves out "wip"/"private" when false
     return {k: change[k] for k in keys if change.get(k) is not None and change.get(k) is not False}
 
 

