@@ -34,7 +34,7 @@ from cislaves.ci.triggers import Triggers
 from cislaves.errors import GerritError
 
 log = logging.getLogger(__name__)
-Work = Callable[[Job, threading.Event], "str | None"]
+Work = Callable[[Job, threading.Event], "str | tuple[str, str] | None"]
 BATCH = 256  # most events in one batch from reader to dispatcher
 INBOX = 16  # batches between reader and dispatcher; a full inbox slows the reader (bounded memory)
 CREATED_ON = re.compile(rb'"eventCreatedOn":\s*"?(\d{1,16})')  # the time of a line not decoded
@@ -337,9 +337,14 @@ class Service:
         self.stats.started += 1
         log.info("job %d started (attempt %d)", job.id, job.attempts)
         try:
-            result = self.work(job, self.stopping)
-            result, state = (None if result is None else str(result)), "succeeded"
+            result, state = self.work(job, self.stopping), "succeeded"
+            if isinstance(result, tuple):  # (final state, result): e.g. a runner whose builds were aborted
+                state, result = result
+            result = None if result is None else str(result)
         except Exception as exc:  # one failing job never kills a worker
+            if self.stopping.is_set():
+                log.info("job %d interrupted by the stop (%s): it runs again at the next start", job.id, exc)
+                return
             log.exception("job %d failed", job.id)
             state, result = "failed", f"{type(exc).__name__}: {exc}"
         if self.stopping.is_set() and state == "failed":

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from cislaves.ci.jobsettings import JobSettings, LogsSettings
 from cislaves.config import Config, Strict
 from cislaves.errors import ConfigError
 
@@ -41,6 +42,7 @@ class GerritSettings(Strict):
     idle_probe: float = Field(30, gt=0)  # seconds of stream silence before asking `gerrit version`
     probe_timeout: float = Field(20, gt=0)  # seconds the answer may take before the stream counts as stalled
     max_clock_skew: float = Field(60, ge=0)  # event times further ahead than now + this do not move the position
+    git_url: str = "ssh://{user}@{host}:{port}/{project}"  # where the runner fetches changes (a template)
 
 
 class Approval(Strict):
@@ -90,6 +92,12 @@ class CISettings(Strict):
     triggers: list[Trigger] = Field(default_factory=lambda: [Trigger()])
     stop_grace: float = Field(10, ge=0)  # seconds `listen` waits for running jobs on SIGINT/SIGTERM
     queue: Path | None = None  # default: <data_dir>/ci/queue.sqlite
+    # the job runner (CI part 2); cross-key checks in cislaves.ci.jobsettings.check
+    jobs: list[JobSettings] = Field(default_factory=list)
+    max_instances: dict[str, Annotated[int, Field(ge=1, le=10000)]] = Field(default_factory=dict)  # per cloud; builds wait beyond it
+    ready: dict[str, Annotated[int, Field(ge=0, le=100)]] = Field(default_factory=dict)  # job name -> instances booted ahead
+    infra_retries: int = Field(2, ge=0, le=10)  # NODE_FAILURE retries on a fresh instance
+    logs: LogsSettings = Field(default_factory=LogsSettings)
 
     @model_validator(mode="after")
     def _unique_names(self) -> "CISettings":

@@ -1,0 +1,162 @@
+"""The `ci.jobs`, `ci.max_instances`, `ci.ready`, `ci.infra_retries` and `ci.logs` settings, and the
+checks that need more than one key (a script file next to the config, a trigger name, a cloud, an image
+the tool baked): all run before the listener starts anything, each failing with one line.
+
+The models are used by cislaves.ci.settings.CISettings (so an unknown key is an error like anywhere
+else); `check(config, ci)` does the cross-key checks and resolves each job into a `Plan` the runner
+uses. Images are resolved again at every build (a newer bake is picked up without a restart).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+
+from cislaves import TOOL
+from cislaves.config import Strict
+from cislaves.errors import CislavesError, ConfigError
+from cislaves.records import TAG_DISTRIBUTION, TAG_TOOL, Image
+
+NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$"
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+RESERVED_ENV = ("GERRIT_", "BUILD_ID", "JOB_NAME", "WORKSPACE", "LOG_DIR")
+
+
+class JobSettings(Strict):
+    """One entry of ci.jobs: what runs, where, for which triggers."""
+
+    name: str = Field(pattern=NAME)
+    triggers: list[str] | None = None  # trigger names that run it; None: every trigger
+    cloud: str | None = None  # default: defaults.cloud
+    distribution: str | None = None  # default: defaults.distribution
+    image: str | None = None  # an explicit image id (then distribution only labels it)
+    run: Path  # the script, relative to the config file
+    timeout: float = Field(7200, gt=0)  # seconds of the script; then TIMED_OUT
+    artifacts: list[str] = Field(default_factory=list)  # globs, relative to the workspace, or absolute
+    env: dict[str, str] = Field(default_factory=dict)
+    voting: bool = True
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, env: dict[str, str]) -> dict[str, str]:
+        for key in env:
+            if not ENV_NAME.match(key):
+                raise ValueError(f"{key!r} is not an environment variable name")
+            if key.startswith(RESERVED_ENV[0]) or key in RESERVED_ENV[1:]:
+                raise ValueError(f"{key!r} is set by the runner (GERRIT_*, BUILD_ID, JOB_NAME, WORKSPACE, LOG_DIR)")
+        return {k: str(v) for k, v in env.items()}
+
+    @field_validator("artifacts")
+    @classmethod
+    def _artifacts(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            if not pattern or "\0" in pattern or ".." in Path(pattern).parts:
+                raise ValueError(f"artifact pattern {pattern!r}: expected a glob without '..'")
+        return patterns
+
+
+class LogsSettings(Strict):
+    """ci.logs: where the builds' directories are kept (publishing them is CI part 3)."""
+
+    dir: Path | None = None  # default: <data_dir>/ci/logs
+
+
+@dataclass
+class Plan:
+    """A job resolved against the configuration: absolute script path, cloud and distribution names."""
+
+    job: JobSettings
+    script: Path
+    cloud: str
+    distribution: str
+
+    @property
+    def name(self) -> str:
+        return self.job.name
+
+
+def check(config, ci) -> dict[str, Plan]:
+    """Validate what one key alone cannot say; return the jobs by name. Raises ConfigError (one line).
+
+    Also asks each job's cloud for its image (no side effect), so a distribution never baked there is
+    reported now, with the command that bakes it."""
+    from cislaves import clouds, distros
+
+    where = config.where
+    plans: dict[str, Plan] = {}
+    triggers = {t.name for t in ci.triggers}
+    drivers: dict[str, Any] = {}
+    try:
+        for i, job in enumerate(ci.jobs):
+            key = f"{where}: ci.jobs[{i}] ({job.name})"
+            if job.name in plans:
+                raise ConfigError(f"{key}: name: another job is already called {job.name!r}")
+            for name in job.triggers or []:
+                if name not in triggers:
+                    raise ConfigError(f"{key}: triggers: unknown trigger {name!r}; ci.triggers has: "
+                                      f"{', '.join(sorted(triggers))}")
+            script = config.relative(job.run)
+            if not script.is_file():
+                raise ConfigError(f"{key}: run: script {script} does not exist (paths are relative to the "
+                                  f"config file)")
+            cloud = clouds.check_name(job.cloud or config.defaults.cloud, f"{key}: cloud")
+            distribution = distros.get(job.distribution or config.defaults.distribution,
+                                       f"{key}: distribution").name
+            plan = Plan(job, script, cloud, distribution)
+            if cloud not in drivers:
+                drivers[cloud] = clouds.get(cloud, config)
+            newest_image(config, drivers[cloud], plan, f"{key}: ")
+            plans[job.name] = plan
+        for cloud, limit in ci.max_instances.items():
+            clouds.check_name(cloud, f"{where}: ci.max_instances")
+        for name in ci.ready:
+            if name not in plans:
+                raise ConfigError(f"{where}: ci.ready: unknown job {name!r}; ci.jobs has: "
+                                  f"{', '.join(sorted(plans)) or '(none)'}")
+    finally:
+        for driver in drivers.values():
+            driver.close()
+    return plans
+
+
+def newest_image(config, cloud, plan: Plan, where: str = "") -> Image:
+    """The job's image: the explicit one, or the newest image of its distribution the tool baked on its
+    cloud that both the manifest and the cloud's own listing know. ConfigError when there is none."""
+    from cislaves import images as manifest
+
+    if plan.job.image:
+        try:
+            return cloud.get_image(plan.job.image)
+        except CislavesError as exc:
+            raise ConfigError(f"{where}image: {plan.job.image!r} not found on cloud {plan.cloud}: {exc}") from None
+    builds = [b for b in manifest.read(config.manifest)["builds"]
+              if b.get("cloud") == plan.cloud and b.get("distribution") == plan.distribution]
+    listed = {}
+    if builds:
+        listed = {i.id: i for i in cloud.list_images({TAG_TOOL: TOOL, TAG_DISTRIBUTION: plan.distribution})
+                  if i.state == "available"}
+    for build in sorted(builds, key=lambda b: b.get("build_time") or 0, reverse=True):
+        if build.get("artifact_id") in listed:
+            return listed[build["artifact_id"]]
+    gone = " (the manifest's images are gone from the cloud)" if builds else ""
+    raise ConfigError(f"{where}distribution {plan.distribution!r} was never baked on cloud {plan.cloud}{gone}; "
+                      f"bake it with `fab it:cloud={plan.cloud},distribution={plan.distribution}` "
+                      f"(or give the job an image id)")
+
+
+def logs_dir(config, ci) -> Path:
+    """ci.logs.dir, else <data_dir>/ci/logs."""
+    return config.relative(ci.logs.dir) if ci.logs.dir else config.data_dir / "ci" / "logs"
+
+
+def jobs_for(plans: dict[str, Plan], trigger: str, only: list[str] | None = None) -> list[Plan]:
+    """The jobs a queued job of `trigger` runs: those listing the trigger (or every trigger); a manual
+    run (`fab enqueue`) runs every job, or only the named ones."""
+    if only:
+        return [plans[name] for name in only if name in plans]
+    if trigger == "manual":
+        return list(plans.values())
+    return [p for p in plans.values() if p.job.triggers is None or trigger in p.job.triggers]
