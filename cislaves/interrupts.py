@@ -37,6 +37,12 @@ def _depth() -> int:
     return getattr(_state, "depth", 0)
 
 
+def is_shielded() -> bool:
+    """Whether the calling thread is inside a shielded block (a worker that stops on request asks this
+    before raising, so it never cuts a cleanup short)."""
+    return _depth() > 0
+
+
 def _on_signal(signum, frame):
     if _depth() > 0:
         _pending.append(signum)
