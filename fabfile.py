@@ -15,7 +15,7 @@ from invoke import task
 from invoke.exceptions import Exit
 
 from cislaves import bake, config as config_mod, fabcompat, interrupts
-from cislaves.errors import CislavesError, Interrupted
+from cislaves.errors import CislavesError, Interrupted, Locked
 
 CLOUD = "cloud: local, ec2, openstack, rackspace or gce (default: config defaults.cloud, else local)"
 DIST = "distribution: debian12, centos7, ubuntu14.04, ubuntu22.04, ubuntu24.04, rocky9 (default: debian12)"
@@ -78,6 +78,8 @@ def _one_line_errors():
         yield
     except Interrupted as exc:
         raise Exit(f"error: {exc}", code=130) from None
+    except Locked as exc:  # EX_TEMPFAIL: cron tries again next time
+        raise Exit(f"error: {exc}", code=75) from None
     except CislavesError as exc:
         raise Exit(f"error: {exc}", code=1) from None
     except KeyboardInterrupt:
@@ -103,14 +105,18 @@ def help(c):
         ("bootstrap", "bootstraps an existing running instance"),
         ("cleanup", "removes what interrupted runs left behind (found by tag)"),
         ("create_image", "create an image from the instance"),
+        ("delete_image", "deletes an image this tool made (not a published or in-use one)"),
         ("destroy", "destroy an existing instance"),
         ("down", "halt an existing instance"),
         ("enqueue", "queues a manual CI run of a change's patch set"),
         ("help", "lists the commands"),
+        ("image_diff", "lists the packages added, removed and changed between two images"),
         ("images", "lists the images made by this tool"),
         ("it", "runs the full stack (up, bootstrap, tests, create_image, destroy)"),
         ("jobs", "lists the CI queue"),
         ("listen", "runs the Gerrit third-party CI listener"),
+        ("prune", "deletes old images, keeping the newest validated, published and in-use ones"),
+        ("rebake", "bakes, validates and publishes the rebake matrix (for cron)"),
         ("ssh", "opens an ssh connection to the instance (or runs `fab ssh -- CMD ARGS`)"),
         ("status", "returns current status of the instance"),
         ("tests", "run tests against an existing instance"),
@@ -210,6 +216,51 @@ def cleanup(c, cloud=None, all_owners=False):
     with _session(cloud) as s:
         removed = bake.cleanup(s, all_owners=all_owners)
         print(f"Removed {len(removed)} leftover(s)" + "".join(f"\n  {r}" for r in removed))
+
+
+ONLY = ("targets of rebake.targets to act on: cloud, cloud/distribution or cloud/distribution/region, "
+        "several joined with + (default: all)")
+
+
+@task(help={"only": ONLY, "dry_run": "bake and validate, but only print the YAML diff and what prune would delete"})
+def rebake(c, only=None, dry_run=False):
+    """Bakes the rebake matrix in parallel, validates, publishes the ids into segredos, prunes, notifies."""
+    from cislaves.lifecycle import matrix
+
+    with _one_line_errors():
+        code = matrix.rebake(config_mod.load(), only=only, dry_run=dry_run, out=lambda line: print(line, flush=True))
+    if code:
+        raise Exit(code=code)
+
+
+@task(help={"only": ONLY, "cloud": "prune every distribution of this cloud (without a rebake section)",
+            "dry_run": "list what would be deleted, delete nothing"})
+def prune(c, only=None, cloud=None, dry_run=False):
+    """Deletes old images: keeps the newest `rebake.keep` validated ones and every published or in-use one."""
+    from cislaves.lifecycle import cli as lifecycle_cli
+
+    with _one_line_errors():
+        lifecycle_cli.prune(config_mod.load(), only=only, cloud=cloud, dry_run=dry_run)
+
+
+@task(help={"old": "the older image id", "new": "the newer image id"})
+def image_diff(c, old=None, new=None):
+    """Lists the packages added, removed and changed between two images (fab image_diff:OLD,NEW)."""
+    from cislaves.lifecycle import cli as lifecycle_cli
+
+    with _one_line_errors():
+        for line in lifecycle_cli.image_diff(config_mod.load(), old, new):
+            print(line)
+
+
+@task(help={"image": "the image id", "cloud": CLOUD, "region": "the image's region (default: the cloud's)",
+            "force": "delete even a published or in-use image"})
+def delete_image(c, image=None, cloud=None, region=None, force=False):
+    """Deletes an image this tool made, with its snapshots, and forgets it (fab delete_image:ID)."""
+    from cislaves.lifecycle import cli as lifecycle_cli
+
+    with _one_line_errors():
+        lifecycle_cli.delete_image(config_mod.load(), image, cloud=cloud, region=region, force=force)
 
 
 @task

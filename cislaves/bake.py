@@ -161,25 +161,65 @@ def create_image(s: Session, instance_id: str | None = None, instance: Instance 
     # the run id's random part makes names unique across parallel bakes (AMI names must be unique)
     name = f"{s.config.top.image_name_prefix}-{s.distribution.name}-{stamp}-{run_id.rsplit('-', 1)[-1]}".lower()
     tags = standard_tags(run_id, s.distribution.name, "image", name=name, ttl_hours=24 * 365 * 100,
-                         owner=s.owner)
-    with s.step("create_image"):
-        image = s.cloud.create_image(instance, name, tags)
-        made = [image]
-        regions = s.cloud.copy_regions()
-        if regions:
-            try:
-                made += s.cloud.copy_image(image, regions)
-            except BaseException:
-                # an image without its region copies is not what was asked for: remove it
-                with shielded():
-                    s.cloud.delete_image(image)
-                raise
-    manifest.record(s.config.manifest, made, distribution=s.distribution.name, run_id=run_id,
-                    name=name, source_image=instance.image_id)
-    s.out(f"Image: {image.id}")
-    for line in s.cloud.image_lines(made):
-        s.out(line)
+                         owner=s.owner, extra={manifest.TAG_SOURCE: instance.image_id or ""})
+    manifest.check(s.config.manifest)  # before the image exists: a bad manifest would orphan it
+    made: list[Image] = []
+    recorded = False
+    try:
+        with s.step("create_image"):
+            made.append(s.cloud.create_image(instance, name, tags))
+            regions = s.cloud.copy_regions()
+            if regions:  # an image without its region copies is not what was asked for
+                made += s.cloud.copy_image(made[0], regions)
+            # From here an interrupt waits: the images reach the manifest and the output together.
+            with shielded():
+                manifest.record(s.config.manifest, made, distribution=s.distribution.name, run_id=run_id,
+                                name=name, source_image=instance.image_id)
+                recorded = True
+                s.out(f"Image: {made[0].id}")
+                for line in s.cloud.image_lines(made):
+                    s.out(line)
+    except BaseException as exc:
+        if not recorded:  # an image the manifest does not name would be nobody's: delete it
+            with shielded():
+                gone = _delete_unrecorded(s, made, run_id, name)
+            if isinstance(exc, manifest.ManifestError):
+                raise manifest.ManifestError(f"{exc}; deleted the new image{'s' if len(gone) > 1 else ''} "
+                                             f"{', '.join(gone) or '(none found)'}") from None
+        raise
     return made
+
+
+def _delete_unrecorded(s: Session, made: list[Image], run_id: str, name: str) -> list[str]:
+    """Delete the images of this create_image (those returned, and any the cloud lists under the run
+    and name: an interrupt can land between the driver's return and our bookkeeping)."""
+    images = {i.id: i for i in made}
+    try:
+        for image in s.cloud.list_images({TAG_RUN: run_id}):
+            if image.name == name:
+                images.setdefault(image.id, image)
+    except Exception as exc:  # still delete the ones we know
+        log.warning("%s could not list the images of run %s: %s", s.label(), run_id, exc)
+    gone = []
+    for image in images.values():
+        try:
+            s.cloud.delete_image(image)
+            gone.append(image.id)
+            log.info("%s deleted image %s (not recorded in the manifest)", s.label(), image.id)
+        except Exception as exc:
+            log.error("%s could not delete image %s: %s (run `fab delete_image:%s,cloud=%s`)", s.label(),
+                      image.id, exc, image.id, s.cloud_name)
+    return gone
+
+
+def forget_files(s: Session, instance: Instance) -> None:
+    """Remove what a gone instance leaves in the data dir: its known_hosts pin and the run's key folder
+    (once the driver has removed the key in it)."""
+    pin = s.config.data_dir / "known_hosts" / f"{instance.cloud}-{instance.id}".replace("/", "_")
+    pin.unlink(missing_ok=True)
+    if instance.run_id:
+        with contextlib.suppress(OSError):  # not empty (a key still in use) or already gone
+            (s.config.data_dir / "keys" / instance.run_id).rmdir()
 
 
 def destroy(s: Session, instance_id: str | None = None, instance: Instance | None = None) -> None:
@@ -190,6 +230,7 @@ def destroy(s: Session, instance_id: str | None = None, instance: Instance | Non
     with shielded(), s.step("destroy"):
         s.cloud.destroy(instance)
         s.state.remove(instance)
+        forget_files(s, instance)
     s.out(f"Destroyed {instance.id}")
 
 
@@ -212,11 +253,17 @@ def it(s: Session, keep_on_error: bool = False) -> list[Image]:
 def _it(s: Session, keep_on_error: bool) -> list[Image]:
     run_id = new_run_id()
     started = time.monotonic()
+    manifest.check(s.config.manifest)  # a bad manifest is one line now, not an orphaned image later
     instance = up(s, new=True, role="bake", run_id=run_id)
     try:
         bootstrap(s, instance=instance)
         tests(s, instance=instance)
+        from cislaves.lifecycle import packages
+
+        with s.step("packages"):
+            installed = packages.collect(instance, s.distribution, s.config)
         made = create_image(s, instance=instance, run_id=run_id)
+        packages.save(s.config.data_dir, made, installed)
     except BaseException as exc:
         if keep_on_error and not isinstance(exc, (KeyboardInterrupt, Interrupted)):
             s.state.put(instance, "instance")
@@ -233,6 +280,7 @@ def _it(s: Session, keep_on_error: bool) -> list[Image]:
         s.cloud.destroy(instance)
         s.state.remove(instance)
         s.state.end_run(run_id)
+        forget_files(s, instance)
     log.info("%s it: done in %.2fs", s.label(), time.monotonic() - started)
     return made
 
@@ -280,8 +328,8 @@ def images(s: Session) -> list[str]:
         found = s.cloud.list_images({TAG_TOOL: TOOL})
     found = [i for i in found if i.run_id or i.tags.get(TAG_RUN)]
     found.sort(key=lambda i: i.created or "")
-    rows = [[i.id, i.cloud, i.distribution or "", i.created or "", i.source_image or "", i.region or ""]
-            for i in found]
+    rows = [[i.id, i.cloud, i.distribution or "", i.created or "",
+             i.source_image or i.tags.get(manifest.TAG_SOURCE) or "", i.region or ""] for i in found]
     if not rows:
         return [f"No images made by cislaves on cloud {s.cloud_name!r}"]
     return table(rows, ["ID", "CLOUD", "DISTRIBUTION", "CREATED", "SOURCE", "REGION"])
@@ -344,6 +392,7 @@ def _remove_run(s: Session, run_id: str, known: list[Instance]) -> list[str]:
             log.info("%s destroying %s", s.label(), inst.id)
             s.cloud.destroy(inst)
             s.state.remove(inst)
+            forget_files(s, inst)
             removed.append(f"instance {inst.id}")
         except Exception as exc:  # keep going: the rest must still be removed
             ok = False
