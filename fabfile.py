@@ -108,6 +108,7 @@ def help(c):
         ("delete_image", "deletes an image this tool made (not a published or in-use one)"),
         ("destroy", "destroy an existing instance"),
         ("down", "halt an existing instance"),
+        ("cancel", "aborts a CI job (queued or running)"),
         ("enqueue", "queues a manual CI run of a change's patch set"),
         ("help", "lists the commands"),
         ("image_diff", "lists the packages added, removed and changed between two images"),
@@ -115,6 +116,7 @@ def help(c):
         ("it", "runs the full stack (up, bootstrap, tests, create_image, destroy)"),
         ("jobs", "lists the CI queue"),
         ("listen", "runs the Gerrit third-party CI listener"),
+        ("logs", "where a CI job's output is, and its last lines"),
         ("prune", "deletes old images, keeping the newest validated, published and in-use ones"),
         ("rebake", "bakes, validates and publishes the rebake matrix (for cron)"),
         ("ssh", "opens an ssh connection to the instance (or runs `fab ssh -- CMD ARGS`)"),
@@ -274,7 +276,7 @@ def listen(c):
 
 @task(help={"limit": "how many jobs to show, newest first (default 200)"})
 def jobs(c, limit=200):
-    """Lists the CI queue (state, change, patch set, project, trigger, age)."""
+    """Lists the CI queue and its builds (state, change, patch set, project, trigger, age, job, result, duration, logs)."""
     from cislaves.ci import cli as ci_cli
 
     with _one_line_errors():
@@ -282,8 +284,9 @@ def jobs(c, limit=200):
             print(line)
 
 
-@task(help={"change": "Gerrit change number", "patchset": "patch set number"})
-def enqueue(c, change=None, patchset=None):
+@task(help={"change": "Gerrit change number", "patchset": "patch set number",
+            "job": "run only this job of ci.jobs (default: every job)"})
+def enqueue(c, change=None, patchset=None, job=None):
     """Queues a manual CI run of a change's patch set."""
     from cislaves.ci import cli as ci_cli
 
@@ -291,4 +294,27 @@ def enqueue(c, change=None, patchset=None):
         if change is None or patchset is None:
             raise config_mod.ConfigError("enqueue needs change=N and patchset=M "
                                          "(fab enqueue:change=1234,patchset=2)")
-        print(ci_cli.enqueue(config_mod.load(), change, patchset))
+        print(ci_cli.enqueue(config_mod.load(), change, patchset, job=job))
+
+
+@task(help={"job": "the job id `fab jobs` shows"})
+def cancel(c, job=None):
+    """Aborts a CI job: cancels it if queued, stops its builds if running (instances destroyed)."""
+    from cislaves.ci import buildcli
+
+    with _one_line_errors():
+        if job is None:
+            raise config_mod.ConfigError("cancel needs job=N (fab cancel:job=12; `fab jobs` lists them)")
+        print(buildcli.cancel(config_mod.load(), job))
+
+
+@task(help={"job": "the job id `fab jobs` shows", "lines": "how many last lines of each build's output (default 20)"})
+def logs(c, job=None, lines=20):
+    """Prints where a CI job's builds keep their output, and its last lines."""
+    from cislaves.ci import buildcli
+
+    with _one_line_errors():
+        if job is None:
+            raise config_mod.ConfigError("logs needs job=N (fab logs:job=12; `fab jobs` lists them)")
+        for line in buildcli.logs(config_mod.load(), job, lines=int(lines)):
+            print(line)

@@ -34,12 +34,20 @@ def listen(config: Config, work: Work | None = None) -> None:
     """
     gerrit, ci = gerrit_settings(config), ci_settings(config)
     path = queue_path(config, ci)
+    runner = None
+    if work is None and ci.jobs:  # the job runner (CI part 2); settings checked before anything starts
+        from cislaves.ci import jobsettings, pool
+
+        jobsettings.check(config, ci)
+        runner = work = pool.Runner(config)
     with _exclusive(path):
         service = Service(gerrit, ci, path, work)
         stop = threading.Event()
         previous = {sig: signal.signal(sig, lambda signum, frame: stop.set())
                     for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
+            if runner is not None:
+                runner.start()  # first: reaps what a killed listener left behind
             service.start()
             log.info("listening to %s:%d as %s (%d worker(s), queue %s)", gerrit.host, gerrit.port,
                      gerrit.user, ci.workers, path)
@@ -48,6 +56,8 @@ def listen(config: Config, work: Work | None = None) -> None:
             stop.wait()
         finally:
             service.stop()
+            if runner is not None:
+                runner.stop()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         if service.error is not None:
@@ -69,8 +79,12 @@ def jobs(config: Config, limit: int = 200) -> list[str]:
     if not rows:
         return [f"no jobs (queue {path} is empty)"]
     now = time.time()
+    from cislaves.ci import buildcli  # one row per build of the job (its buildset)
+
+    built = buildcli.columns(config, [j.id for j in rows])
     lines = table([[j.id, j.state, j.change, j.patchset, printable(j.project or "-"), printable(j.trigger),
-                    _age(now - j.created)] for j in rows], ["ID", "STATE", "CHANGE", "PS", "PROJECT", "TRIGGER", "AGE"])
+                    _age(now - j.created), *build] for j in rows for build in built.get(j.id) or [["-"] * 4]],
+                  ["ID", "STATE", "CHANGE", "PS", "PROJECT", "TRIGGER", "AGE", *buildcli.HEADER])
     lines.append(", ".join(f"{n} {state}" for state, n in counts.items() if n) + f" (queue {printable(str(path))})")
     return lines
 
@@ -85,13 +99,15 @@ def printable(text: str) -> str:
                    for c in text)
 
 
-def enqueue(config: Config, change: int | str, patchset: int | str) -> str:
+def enqueue(config: Config, change: int | str, patchset: int | str, job: str | None = None) -> str:
     """Queue a manual run of CHANGE,PATCHSET (looked up on Gerrit); return a one-line confirmation.
 
     Every call queues a new job. Manual jobs take no part in supersession: a newer patch set (uploaded
     or enqueued) does not cancel them, and they cancel nothing (an operator asked for this run)."""
     change, patchset = _positive("change", change), _positive("patchset", patchset)
     gerrit_cfg, ci = gerrit_settings(config), ci_settings(config)
+    if job is not None and job not in [j.name for j in ci.jobs]:
+        raise ConfigError(f"argument job: {job!r} is not in ci.jobs ({', '.join(j.name for j in ci.jobs) or 'none'})")
     gerrit = Gerrit(gerrit_cfg)
     try:
         records = gerrit.query(f"change:{change}", "--patch-sets")
@@ -108,6 +124,8 @@ def enqueue(config: Config, change: int | str, patchset: int | str) -> str:
            "change": {k: v for k, v in record.items() if k != "patchSets"},
            "patchSet": {k: v for k, v in patch_set.items() if k not in ("approvals", "comments", "files")},
            "submitter": {"name": "fab enqueue"}}
+    if job is not None:
+        raw["cislaves"] = {"jobs": [job]}  # the runner runs this job only
     try:
         event = ev.from_dict(raw)
         db = JobQueue(queue_path(config, ci))

@@ -85,8 +85,17 @@ def check(config, ci) -> dict[str, Plan]:
     reported now, with the command that bakes it."""
     from cislaves import clouds, distros
 
+    from cislaves.ci.settings import gerrit_settings
+    from cislaves.ci.workspace import git_url
+
     where = config.where
     plans: dict[str, Plan] = {}
+    if ci.jobs:
+        gerrit = gerrit_settings(config, need_connection=False)
+        try:
+            git_url(gerrit.git_url, gerrit, "project")
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
     triggers = {t.name for t in ci.triggers}
     drivers: dict[str, Any] = {}
     try:
@@ -152,11 +161,11 @@ def logs_dir(config, ci) -> Path:
     return config.relative(ci.logs.dir) if ci.logs.dir else config.data_dir / "ci" / "logs"
 
 
-def jobs_for(plans: dict[str, Plan], trigger: str, only: list[str] | None = None) -> list[Plan]:
+def jobs_for(jobs: list[JobSettings], trigger: str, only: list[str] | None = None) -> list[JobSettings]:
     """The jobs a queued job of `trigger` runs: those listing the trigger (or every trigger); a manual
     run (`fab enqueue`) runs every job, or only the named ones."""
     if only:
-        return [plans[name] for name in only if name in plans]
+        return [j for j in jobs if j.name in only]
     if trigger == "manual":
-        return list(plans.values())
-    return [p for p in plans.values() if p.job.triggers is None or trigger in p.job.triggers]
+        return list(jobs)
+    return [j for j in jobs if j.triggers is None or trigger in j.triggers]
