@@ -2,7 +2,9 @@
 
 Run: python3 bench/gce_fake.py [--runs 5] [--step 0.0]
 Prints: building the compute client offline (static discovery), the first call (token + request), and
-per run the time and API calls of launch, create_image and destroy. With --step 0 operations finish at
+per run the time and API calls of launch, create_image and destroy; then a launch whose insert answer
+is lost (503 after the work: one retry with the same requestId, api_retry_delay 0.01 s), and a cleanup
+of 20 instances read in pages of 5. With --step 0 operations finish at
 once, so the figures are the driver's and the HTTP client's cost, not GCE's (which takes minutes).
 """
 from __future__ import annotations
@@ -18,10 +20,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cislaves import distros  # noqa: E402
-from cislaves.clouds import gce_api  # noqa: E402
-from cislaves.clouds.base import standard_tags  # noqa: E402
+from cislaves.clouds.gce import api as gce_api  # noqa: E402
+from cislaves.clouds.base import CleanupPolicy, standard_tags  # noqa: E402
 from cislaves.clouds.gce import GCECloud  # noqa: E402
-from tests.contract import make_spec  # noqa: E402
+from tests.contract import OWNER, make_spec  # noqa: E402
 from tests.gce.conftest import PROJECT, seed_public_images  # noqa: E402
 from tests.gce.fake_gce_http import FakeGCEServer  # noqa: E402
 
@@ -61,6 +63,21 @@ def main() -> int:
             tags = standard_tags(spec.run_id, "debian12", "image")
             timed("create_image", lambda: cloud.create_image(instance, f"bench-{spec.run_id}", tags))
             timed("destroy", lambda: cloud.destroy(instance))
+        figures.update({"launch, lost insert answer": [], "cleanup of 20 (pages of 5)": []})
+        for run in range(args.runs):
+            server.fake.lose_answer("instances.insert")
+            lossy = GCECloud({"project": PROJECT, "credentials_file": str(key), "api_endpoint": server.endpoint,
+                              "poll_max_delay": 0.2, "api_retry_delay": 0.01}, Path(tmp))
+            spec = make_spec(lossy, debian, Path(tmp) / f"lost{run}")
+            instance = timed("launch, lost insert answer", lambda: lossy.launch(spec))
+            lossy.destroy(instance)
+            lossy.close()
+        server.fake.page_size = 5
+        for run in range(args.runs):
+            for n in range(20):
+                cloud.launch(make_spec(cloud, debian, Path(tmp) / f"many{run}-{n}"))
+            removed = timed("cleanup of 20 (pages of 5)", lambda: cloud.cleanup(CleanupPolicy(owner=OWNER)))
+            assert len(removed) == 20, removed
         for name, values in figures.items():
             print(f"{name}: median {statistics.median(values):.3f} s, max {max(values):.3f} s over {args.runs} "
                   f"runs, {calls[name]} API calls")

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from cislaves import clouds, config, distros
+from cislaves.keys import generate_keypair
 from tests.gce.fake_gce_http import FakeGCEServer
 
 PROJECT = "cislaves-test"
@@ -85,3 +86,35 @@ def gce_cloud(make_gce):
 @pytest.fixture
 def debian12_gce():
     return distros.get("debian12")
+
+
+@pytest.fixture
+def gce_fab_env(gce_server, gce_credentials, tmp_path):
+    """make(machine=None, settings=None) -> the environment for `fab` using the fake (and SSH to `machine`,
+    if given, through the address override and the seed's key variables)."""
+    def make(machine=None, settings: dict | None = None):
+        section = {"zone": ZONE, "api_endpoint": gce_server.endpoint, "poll_max_delay": 0.2, **(settings or {})}
+        env = {"GOOGLE_APPLICATION_CREDENTIALS": str(gce_credentials), "GCE_PROJECT": PROJECT,
+               "CISLAVES_DATA_DIR": "", "CISLAVES_MANIFEST": ""}
+        if machine is not None:
+            section.update(ssh_host=machine.address, ssh_port=machine.port)
+            env.update(GCE_PRIVATE_KEY_FILENAME=machine.key_file, GCE_PUBLIC_KEY_FILENAME=machine.key_file + ".pub",
+                       OS_USERNAME="root")
+        ci_key = generate_keypair(tmp_path / "ci-master", comment="ci-master")
+        path = tmp_path / "fab-config.yaml"
+        path.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "fab-data"), "clouds": {"gce": section},
+                                        "provision": {"package_set": "minimal"},
+                                        "ci_user": {"authorized_key": ci_key}}))
+        env["CISLAVES_CONFIG"] = str(path)
+        return env
+
+    return make
+
+
+def the_error_line(result) -> str:
+    """The one `error:` line a failed fab printed (and no traceback)."""
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr + result.stdout, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    return errors[0]

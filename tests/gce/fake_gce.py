@@ -9,8 +9,13 @@ are applied when a request arrives.
 
 The rules the driver must respect are enforced as GCE does: names and labels are validated, a disk
 attached to a running instance cannot be imaged (without forceCreate), a disk in use cannot be deleted,
-an image's source disk must exist. `inject` makes a call fail (HTTP error), end its operation with
-errors (e.g. QUOTA_EXCEEDED), or hang.
+an image's source disk must exist, an OBSOLETE image cannot be booted (a DEPRECATED one can, with a
+DEPRECATED_RESOURCE_USED warning in the operation), a SUSPENDED instance needs resume, not start.
+Mutations are idempotent by requestId (a retry with the same id gets the first operation back).
+`inject` makes a call fail (HTTP error, e.g. `read_quota_exceeded()`), end its operation with errors
+(QUOTA_EXCEEDED; RESOURCE_ALREADY_EXISTS when another client wins the name) or warnings, or hang;
+`lose_answer` makes a call do its work and answer 503 (the lost insert answer).
+Shapes follow the compute v1 discovery document and libcloud's recorded GCE fixtures.
 """
 from __future__ import annotations
 
@@ -30,25 +35,52 @@ _FILTER_TERM = re.compile(r'\s*\(\s*([A-Za-z0-9_.-]+)\s*(!=|=)\s*("([^"]*)"|[^\s
 TZ = dt.timezone(dt.timedelta(hours=-8))  # the API answers in Pacific time, as the real one does
 
 
-class ApiError(Exception):
-    """An HTTP error answer in Google's error format."""
+STATUS_NAMES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
+                409: "ALREADY_EXISTS", 429: "RESOURCE_EXHAUSTED", 503: "UNAVAILABLE"}
+# the HTTP status an operation error reports (httpErrorStatusCode / httpErrorMessage), as the API does
+OPERATION_HTTP = {"QUOTA_EXCEEDED": (403, "FORBIDDEN"), "RESOURCE_ALREADY_EXISTS": (409, "CONFLICT")}
 
-    def __init__(self, status: int, reason: str, message: str):
+
+class ApiError(Exception):
+    """An HTTP error answer in Google's error format (reason in errors[0], and a google.rpc status)."""
+
+    def __init__(self, status: int, reason: str, message: str, domain: str = "global",
+                 details: list | None = None):
         super().__init__(message)
-        self.status, self.reason, self.message = status, reason, message
+        self.status, self.reason, self.message, self.domain, self.details = status, reason, message, domain, details
 
     def body(self) -> dict:
-        return {"error": {"code": self.status, "message": self.message,
-                          "errors": [{"message": self.message, "domain": "global", "reason": self.reason}]}}
+        error = {"code": self.status, "message": self.message,
+                 "errors": [{"message": self.message, "domain": self.domain, "reason": self.reason}]}
+        if self.status in STATUS_NAMES:
+            error["status"] = STATUS_NAMES[self.status]
+        if self.details:
+            error["details"] = self.details
+        return {"error": error}
+
+
+def read_quota_exceeded(project_number: str = "123456789012") -> ApiError:
+    """The answer Google gives when the per-minute read quota of compute runs out (403 rateLimitExceeded)."""
+    message = (f"Quota exceeded for quota metric 'Read requests' and limit 'Read requests per minute' of service "
+               f"'compute.googleapis.com' for consumer 'project_number:{project_number}'.")
+    return ApiError(403, "rateLimitExceeded", message, domain="usageLimits", details=[{
+        "@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "RATE_LIMIT_EXCEEDED",
+        "domain": "googleapis.com", "metadata": {
+            "service": "compute.googleapis.com", "consumer": f"projects/{project_number}",
+            "quota_metric": "compute.googleapis.com/read_requests", "quota_limit": "ReadRequestsPerMinutePerProject",
+            "quota_limit_value": "1500"}}])
 
 
 @dataclass
 class Fault:
     method: str  # API method id without "compute.", e.g. "instances.insert"
-    http: tuple[int, str, str] | None = None  # (status, reason, message): the call itself fails
+    http: tuple[int, str, str] | ApiError | None = None  # (status, reason, message): the call itself fails
     error: tuple[str, str] | None = None  # (code, message): the operation ends DONE with this error
     hang: bool = False  # the operation never finishes
     keep: bool = False  # with `error` on images.insert: the image stays, status FAILED
+    warnings: list[tuple[str, str]] | None = None  # (code, message): the DONE operation carries warnings[]
+    conflict: bool = False  # instances.insert: another client creates that name meanwhile (RESOURCE_ALREADY_EXISTS)
+    no_external_ip: bool = False  # instances.insert: the instance comes up without accessConfigs
     times: int = 1
 
 
@@ -65,6 +97,9 @@ class FakeCompute:
         self.operations: dict[str, dict] = {}
         self.faults: list[Fault] = []
         self.calls: list[str] = []  # method ids in order, e.g. "instances.insert"
+        self.request_ids: list[tuple[str, str | None]] = []  # (method id, requestId) of every mutation
+        self.requests: dict[str, str] = {}  # requestId -> the operation it made (idempotent retries)
+        self.lost: dict[str, int] = {}  # method id -> how many answers to lose (503 after the work is done)
         self.inserted: list[dict] = []  # every instance as it was created (they outlive deletion here)
         self.lock = threading.RLock()
         self._events: list = []
@@ -73,15 +108,18 @@ class FakeCompute:
 
     # -- test API --------------------------------------------------------------------------
     def add_image(self, project: str, name: str, family: str | None = None, *, created: dt.datetime | None = None,
-                  status: str = "READY", deprecated: bool = False, labels: dict | None = None) -> dict:
-        """Seed an image (e.g. a public base image in debian-cloud)."""
+                  status: str = "READY", deprecated: bool | str = False, labels: dict | None = None,
+                  replacement: str | None = None) -> dict:
+        """Seed an image (e.g. a public base image in debian-cloud); deprecated: True/"DEPRECATED", "OBSOLETE"."""
         with self.lock:
             image = {"kind": "compute#image", "id": self._id(), "name": name, "status": status,
                      "creationTimestamp": _stamp(created), "family": family, "diskSizeGb": "10",
                      "labels": dict(labels or {}), "selfLink": self._link(project, "global/images", name),
                      "architecture": "X86_64", "sourceType": "RAW"}
             if deprecated:
-                image["deprecated"] = {"state": "DEPRECATED"}
+                image["deprecated"] = {"state": "DEPRECATED" if deprecated is True else deprecated}
+                if replacement:
+                    image["deprecated"]["replacement"] = self._link(project, "global/images", replacement)
             self.images[(project, name)] = image
             return copy.deepcopy(image)
 
@@ -100,6 +138,11 @@ class FakeCompute:
         with self.lock:
             self.faults.append(fault)
         return fault
+
+    def lose_answer(self, method: str, times: int = 1) -> None:
+        """The next call(s) of `method` do their work, then answer 503 backendError (a lost answer)."""
+        with self.lock:
+            self.lost[method] = self.lost.get(method, 0) + times
 
     def snapshot(self) -> dict[str, list[dict]]:
         """Deep copies of every instance, disk and image (after applying what is due)."""
@@ -128,6 +171,8 @@ class FakeCompute:
             for fault in self.faults:
                 if fault.method == method and fault.times > 0:
                     fault.times -= 1
+                    if isinstance(fault.http, ApiError):
+                        raise fault.http
                     if fault.http:
                         raise ApiError(*fault.http)
                     return fault
@@ -135,7 +180,7 @@ class FakeCompute:
 
     # -- operations ------------------------------------------------------------------------
     def operation(self, project: str, zone: str | None, kind: str, target: dict, fault: Fault | None,
-                  running=None, done=None, failed=None) -> dict:
+                  running=None, done=None, failed=None, warnings: list[tuple[str, str]] | None = None) -> dict:
         """A new Operation on `target`: PENDING now, RUNNING after a step (calls `running`), DONE after
         two (calls `done`, or `failed` and records the injected error)."""
         name = f"operation-{int(time.time() * 1000)}-{next(self._seq):06d}"
@@ -157,12 +202,17 @@ class FakeCompute:
             if fault and fault.error:
                 code, message = fault.error
                 op["error"] = {"errors": [{"code": code, "message": message}]}
-                op.update(httpErrorStatusCode=403 if "QUOTA" in code else 400,
-                          httpErrorMessage="FORBIDDEN" if "QUOTA" in code else "BAD REQUEST")
+                status, text = OPERATION_HTTP.get(code, (400, "BAD REQUEST"))
+                op.update(httpErrorStatusCode=status, httpErrorMessage=text)
                 if failed:
                     failed()
             elif done:
                 done()
+            found = list(warnings or []) + list((fault.warnings if fault else None) or [])
+            if found:
+                op["warnings"] = [{"code": c, "message": m, "data": [{"key": "resource_name",
+                                                                       "value": target["selfLink"]}]}
+                                  for c, m in found]
             op.update(status="DONE", progress=100, endTime=_stamp())
 
         self._later(1, start)
@@ -202,7 +252,7 @@ class FakeCompute:
 
     def from_family(self, project: str, family: str) -> dict:
         candidates = [i for (p, _), i in self.images.items() if p == project and i.get("family") == family
-                      and i["status"] == "READY" and "deprecated" not in i]
+                      and i["status"] == "READY" and i.get("deprecated", {}).get("state", "ACTIVE") == "ACTIVE"]
         if not candidates:
             raise ApiError(404, "notFound",
                            f"The resource 'projects/{project}/global/images/family/{family}' was not found")

@@ -17,6 +17,7 @@ import re
 import secrets
 import threading
 import urllib.parse
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from tests.gce.fake_gce import ApiError
@@ -29,7 +30,7 @@ ROUTES = [
     ("POST", _Z + r"instances$", "instances.insert"),
     ("GET", _Z + r"instances/(?P<name>[^/]+)$", "instances.get"),
     ("DELETE", _Z + r"instances/(?P<name>[^/]+)$", "instances.delete"),
-    ("POST", _Z + r"instances/(?P<name>[^/]+)/(?P<verb>stop|start)$", "instances.action"),
+    ("POST", _Z + r"instances/(?P<name>[^/]+)/(?P<verb>stop|start|suspend|resume)$", "instances.action"),
     ("GET", _P + r"aggregated/instances$", "instances.aggregatedList"),
     ("GET", _Z + r"disks$", "disks.list"),
     ("GET", _Z + r"disks/(?P<name>[^/]+)$", "disks.get"),
@@ -121,13 +122,37 @@ class FakeGCEServer:
             match = re.match(pattern, path)
             if method == verb and match:
                 args = {k: urllib.parse.unquote(v) for k, v in match.groupdict().items()}
+                method_id = method_id if "verb" not in args else f"instances.{args['verb']}"
                 with self.fake.lock:
                     self.fake.advance()
-                    self.fake.calls.append(method_id if "verb" not in args else f"instances.{args['verb']}")
+                    self.fake.calls.append(method_id)
                     if method_id in READS:
                         self.fake.fault_for(method_id)
-                    return 200, self._call(method_id, args, query, body)
+                        return 200, self._call(method_id, args, query, body)
+                    return 200, self._mutate(method_id, args, query, body)
         raise ApiError(404, "notFound", f"The requested URL {path} was not found on this server.")
+
+    def _mutate(self, method_id: str, args: dict, query: dict, body: dict) -> dict:
+        """A mutation, idempotent by requestId as Compute Engine makes it: a request id seen before is
+        answered with the operation it made (its current state), and nothing is done again."""
+        fake, request_id = self.fake, query.get("requestId")
+        fake.request_ids.append((method_id, request_id))
+        if request_id is not None:
+            try:
+                if uuid.UUID(request_id).int == 0:
+                    raise ValueError
+            except ValueError:
+                raise ApiError(400, "invalid", f"Invalid value for field 'requestId': '{request_id}'. The "
+                                               f"request ID must be a valid UUID.") from None
+            if request_id in fake.requests:
+                return copy.deepcopy(fake.operations[fake.requests[request_id]])
+        answer = self._call(method_id, args, query, body)
+        if request_id is not None:
+            fake.requests[request_id] = answer["name"]
+        if fake.lost.get(method_id):
+            fake.lost[method_id] -= 1  # the work is done, but the client never hears of it
+            raise ApiError(503, "backendError", "Backend Error")
+        return answer
 
     def _call(self, method_id: str, a: dict, query: dict, body: dict) -> dict:
         fake, p = self.fake, a["project"]
@@ -137,7 +162,7 @@ class FakeGCEServer:
             return fake.get_instance(p, a["zone"], a["name"])
         if method_id == "instances.delete":
             return fake.delete_instance(p, a["zone"], a["name"])
-        if method_id == "instances.action":
+        if method_id in ("instances.stop", "instances.start", "instances.suspend", "instances.resume"):
             return fake.instance_action(p, a["zone"], a["name"], a["verb"])
         if method_id == "disks.get":
             return fake.get_disk(p, a["zone"], a["name"])

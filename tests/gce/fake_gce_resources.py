@@ -39,8 +39,20 @@ class FakeGCE(FakeCompute):
         if (project, zone, disk_name) in self.disks:
             raise ApiError(409, "alreadyExists",
                            f"The resource 'projects/{project}/zones/{zone}/disks/{disk_name}' already exists")
+        state = image.get("deprecated", {}).get("state", "ACTIVE")
+        if state in ("OBSOLETE", "DELETED"):
+            raise ApiError(400, "invalid", f"Invalid value for field 'resource.disks[0].initializeParams."
+                                           f"sourceImage': '{image['selfLink']}'. The image is {state.lower()}.")
+        warnings = []
+        if state == "DEPRECATED":
+            replacement = image["deprecated"].get("replacement")
+            warnings.append(("DEPRECATED_RESOURCE_USED", f"The resource '{self.resolve(image['selfLink'], project)}'"
+                             f" is deprecated." + (f" A suggested replacement is '{self.resolve(replacement, project)}'."
+                                                   if replacement else "")))
         fault = self.fault_for("instances.insert")
         link = self._link(project, f"zones/{zone}/instances", name)
+        if fault and fault.conflict:
+            return self._lose_race(project, zone, name, link, fault)
         disk = {"kind": "compute#disk", "id": self._id(), "name": disk_name, "status": "CREATING",
                 "zone": self._link(project, "zones", zone), "sizeGb": params.get("diskSizeGb", image["diskSizeGb"]),
                 "sourceImage": image["selfLink"], "sourceImageId": image["id"], "labels": params.get("labels", {}),
@@ -56,7 +68,8 @@ class FakeGCE(FakeCompute):
                                "index": 0, "boot": True, "autoDelete": bool(boots[0].get("autoDelete"))}],
                     "networkInterfaces": [{"kind": "compute#networkInterface", "name": "nic0",
                                            "network": self.resolve(nics[0]["network"], project),
-                                           "accessConfigs": copy.deepcopy(nics[0].get("accessConfigs", []))}],
+                                           "accessConfigs": [] if fault and fault.no_external_ip else
+                                           copy.deepcopy(nics[0].get("accessConfigs", []))}],
                     "creationTimestamp": _stamp(), "selfLink": link}
         key = (project, zone, name)
         self.instances[key] = instance
@@ -72,7 +85,22 @@ class FakeGCE(FakeCompute):
             self.disks.pop((project, zone, disk_name), None)
 
         return self.operation(project, zone, "insert", instance, fault, _status(instance, "STAGING"), running,
-                              failed)
+                              failed, warnings=warnings)
+
+    def _lose_race(self, project: str, zone: str, name: str, link: str, fault) -> dict:
+        """Another client creates an instance of that name while our insert runs: ours ends DONE with
+        RESOURCE_ALREADY_EXISTS (as the API reports a lost race), theirs stays."""
+        theirs = {"kind": "compute#instance", "id": self._id(), "name": name, "status": "RUNNING",
+                  "zone": self._link(project, "zones", zone), "labels": {"team": "someone-else"},
+                  "machineType": self._link(project, f"zones/{zone}/machineTypes", "e2-small"),
+                  "metadata": {"kind": "compute#metadata", "items": []}, "disks": [],
+                  "networkInterfaces": [{"kind": "compute#networkInterface", "name": "nic0", "networkIP": "10.128.0.250",
+                                         "network": self._link(project, "global/networks", "default")}],
+                  "creationTimestamp": _stamp(), "selfLink": link}
+        fault.error = ("RESOURCE_ALREADY_EXISTS", f"The resource 'projects/{project}/zones/{zone}/instances/{name}'"
+                                                  f" already exists")
+        return self.operation(project, zone, "insert", theirs, fault,
+                              lambda: self.instances.setdefault((project, zone, name), theirs))
 
     def instance_action(self, project: str, zone: str, name: str, verb: str) -> dict:
         instance = self.get_instance(project, zone, name, copy_it=False)
@@ -88,7 +116,17 @@ class FakeGCE(FakeCompute):
                     config.pop("natIP", None)  # an ephemeral address is released on stop
 
             return self.operation(project, zone, "stop", instance, fault, stopping, stopped)
-        if instance["status"] not in ("TERMINATED", "RUNNING"):
+        if verb == "suspend":
+            if instance["status"] != "RUNNING":
+                raise ApiError(400, "resourceNotReady", f"The resource '{instance['selfLink']}' is not ready")
+            return self.operation(project, zone, "suspend", instance, fault, _status(instance, "SUSPENDING"),
+                                  _status(instance, "SUSPENDED"))
+        if verb == "resume":
+            if instance["status"] != "SUSPENDED":
+                raise ApiError(400, "resourceNotReady", f"The resource '{instance['selfLink']}' is not ready")
+            return self.operation(project, zone, "resume", instance, fault, _status(instance, "STAGING"),
+                                  lambda: self._boot(instance))
+        if instance["status"] not in ("TERMINATED", "RUNNING"):  # a SUSPENDED instance needs resume
             raise ApiError(400, "resourceNotReady", f"The resource '{instance['selfLink']}' is not ready")
         return self.operation(project, zone, "start", instance, fault, _status(instance, "STAGING"),
                               lambda: self._boot(instance))

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from cislaves.clouds.base import TAG_RUN, generate_keypair, standard_tags
-from tests.contract import make_spec
+from tests.contract import OTHER, OWNER, make_spec, policy
 from tests.gce.conftest import NEWEST_DEBIAN, PROJECT, ZONE
 from tests.gce.fake_gce import LABEL_KEY, LABEL_VALUE
 
@@ -124,7 +124,7 @@ def test_lists_follow_every_page(make_gce, gce_server, debian12_gce, tmp_path):
     cloud = make_gce()
     launched = [cloud.launch(make_spec(cloud, debian12_gce, tmp_path / f"k{n}")) for n in range(5)]
     assert sorted(i.id for i in cloud.list_instances()) == sorted(i.id for i in launched)
-    removed = cloud.cleanup(keep_run_ids={launched[0].run_id})
+    removed = cloud.cleanup(policy(keep={launched[0].run_id}))
     assert len(removed) == 4
     state = gce_server.fake.snapshot()
     assert [i["name"] for i in state["instances"]] == [launched[0].id]
@@ -135,12 +135,33 @@ def test_lists_follow_every_page(make_gce, gce_server, debian12_gce, tmp_path):
 
 def test_cleanup_removes_leftover_disks_of_runs_not_kept(gce_cloud, gce_server):
     fake = gce_server.fake
-    fake.add_disk(PROJECT, ZONE, "left-by-crash", {"cislaves-tool": "cislaves", "cislaves-run-id": "old-run"})
-    fake.add_disk(PROJECT, "us-east1-b", "kept-run", {"cislaves-tool": "cislaves", "cislaves-run-id": "live"})
+    ours = {"cislaves-tool": "cislaves", "cislaves-owner": OWNER}
+    fake.add_disk(PROJECT, ZONE, "left-by-crash", {**ours, "cislaves-run-id": "old-run"})
+    fake.add_disk(PROJECT, "us-east1-b", "kept-run", {**ours, "cislaves-run-id": "live"})
+    fake.add_disk(PROJECT, ZONE, "other-host", {"cislaves-tool": "cislaves", "cislaves-owner": OTHER,
+                                                "cislaves-run-id": "theirs"})
+    fake.add_disk(PROJECT, ZONE, "other-expired", {"cislaves-tool": "cislaves", "cislaves-owner": OTHER,
+                                                   "cislaves-run-id": "gone", "cislaves-expires": "2026-01-01t00-00-00z"})
     fake.add_disk(PROJECT, ZONE, "not-ours", {"team": "web"})
-    removed = gce_cloud.cleanup(keep_run_ids={"live"})
-    assert removed == [f"disk left-by-crash (zone {ZONE}, run old-run)"]
-    assert sorted(d["name"] for d in fake.snapshot()["disks"]) == ["kept-run", "not-ours"]
+    removed = gce_cloud.cleanup(policy(keep={"live"}))
+    assert sorted(removed) == [f"disk left-by-crash (zone {ZONE}, run old-run, run ended)",
+                               f"disk other-expired (zone {ZONE}, run gone, expired)"]
+    assert sorted(d["name"] for d in fake.snapshot()["disks"]) == ["kept-run", "not-ours", "other-host"]
+
+
+def test_cleanup_removes_unfinished_images_but_not_baked_ones(gce_cloud, gce_server):
+    fake = gce_server.fake
+    ours = {"cislaves-tool": "cislaves", "cislaves-owner": OWNER, "cislaves-run-id": "dead-run"}
+    fake.add_image(PROJECT, "half-made", "cislaves-debian12", status="PENDING", labels=ours)
+    fake.add_image(PROJECT, "broken", "cislaves-debian12", status="FAILED", labels=ours)
+    fake.add_image(PROJECT, "baked", "cislaves-debian12", labels=ours)  # a product: the manifest decides
+    fake.add_image(PROJECT, "theirs", "cislaves-debian12", status="FAILED",
+                   labels={**ours, "cislaves-owner": OTHER})
+    removed = gce_cloud.cleanup(policy())
+    assert sorted(removed) == ["unfinished image broken (status FAILED, run dead-run, run ended)",
+                               "unfinished image half-made (status PENDING, run dead-run, run ended)"]
+    assert sorted(i["name"] for i in fake.snapshot()["images"] if f"/{PROJECT}/" in i["selfLink"]) == \
+        ["baked", "theirs"]
 
 
 def test_destroy_deletes_the_boot_disk_when_autodelete_was_turned_off(gce_cloud, gce_server, debian12_gce,

@@ -7,44 +7,12 @@ import json
 import re
 
 import pytest
-import yaml
 
 from cislaves import remote
-from cislaves.clouds.base import generate_keypair
 from tests.cli import fab
-from tests.gce.conftest import PROJECT, ZONE
+from tests.gce.conftest import PROJECT, the_error_line
 
 QUOTA = "Quota 'CPUS' exceeded.  Limit: 8.0 in region europe-west1."
-
-
-@pytest.fixture
-def gce_fab_env(gce_server, gce_credentials, tmp_path):
-    """make(machine=None) -> the environment for `fab` using the fake (and SSH to `machine`, if given)."""
-    def make(machine=None):
-        section = {"zone": ZONE, "api_endpoint": gce_server.endpoint, "poll_max_delay": 0.2}
-        env = {"GOOGLE_APPLICATION_CREDENTIALS": str(gce_credentials), "GCE_PROJECT": PROJECT,
-               "CISLAVES_DATA_DIR": "", "CISLAVES_MANIFEST": ""}
-        if machine is not None:
-            section.update(ssh_host=machine.address, ssh_port=machine.port)
-            env.update(GCE_PRIVATE_KEY_FILENAME=machine.key_file, GCE_PUBLIC_KEY_FILENAME=machine.key_file + ".pub",
-                       OS_USERNAME="root")
-        ci_key = generate_keypair(tmp_path / "ci-master", comment="ci-master")
-        path = tmp_path / "fab-config.yaml"
-        path.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "fab-data"), "clouds": {"gce": section},
-                                        "provision": {"package_set": "minimal"},
-                                        "ci_user": {"authorized_key": ci_key}}))
-        env["CISLAVES_CONFIG"] = str(path)
-        return env
-
-    return make
-
-
-def the_error_line(result) -> str:
-    assert result.returncode != 0, result.stdout
-    assert "Traceback" not in result.stderr + result.stdout, result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, result.stderr
-    return errors[0]
 
 
 def assert_only_images_left(fake, images: list[str]) -> None:
@@ -105,14 +73,21 @@ def test_image_operation_error_is_one_line_and_leaves_nothing(gce_server, gce_fa
 
 
 def test_fab_cleanup_removes_what_a_crashed_run_left(gce_server, gce_fab_env, make_gce, debian12_gce, tmp_path):
+    from cislaves.state import State
     from tests.contract import make_spec
 
     env = gce_fab_env()
     cloud = make_gce()
-    left = cloud.launch(make_spec(cloud, debian12_gce, tmp_path / "keys"))  # no state knows this run
+    owner = State(tmp_path / "fab-data").owner_id()  # this host's runs: the owner fab's data dir has
+    left = cloud.launch(make_spec(cloud, debian12_gce, tmp_path / "keys", owner=owner))  # no state knows this run
+    theirs = cloud.launch(make_spec(cloud, debian12_gce, tmp_path / "keys2", owner="oanotherhost1"))
     result = fab("cleanup:cloud=gce", env=env, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert left.id in result.stdout + result.stderr
+    assert theirs.id not in result.stdout  # another host's live run on the same project: left alone
+    assert [i["name"] for i in gce_server.fake.snapshot()["instances"]] == [theirs.id]
+    result = fab("cleanup:cloud=gce,all_owners=true", env=env, timeout=120)  # the explicit wider sweep
+    assert result.returncode == 0 and theirs.id in result.stdout, result.stdout + result.stderr
     assert_only_images_left(gce_server.fake, [])
 
 

@@ -74,7 +74,7 @@ def test_image_operation_error(gce_cloud, gce_server, debian12_gce, tmp_path, ke
 def test_an_operation_that_never_ends_times_out_and_the_instance_is_removed(make_gce, gce_server, debian12_gce,
                                                                              tmp_path):
     gce_server.fake.inject("instances.insert", hang=True)
-    cloud = make_gce({"operation_timeout": 0.5})
+    cloud = make_gce({"launch_timeout": 0.5})
     spec = make_spec(cloud, debian12_gce, tmp_path / "keys")
     with pytest.raises(WaitTimeout) as info:
         cloud.launch(spec)
@@ -189,11 +189,13 @@ def test_bad_settings_name_the_key(make_gce, settings, environ, expected):
 
 
 def test_key_settings_are_checked_before_anything_is_created(make_gce, gce_server, debian12_gce, tmp_path):
-    cloud = make_gce(environ={"GCE_PUBLIC_KEY_FILENAME": str(tmp_path / "k.pub")})
-    with pytest.raises(ConfigError, match="GCE_PUBLIC_KEY_FILENAME.*is set but.*GCE_PRIVATE_KEY_FILENAME"):
-        cloud.launch(make_spec(cloud, debian12_gce, tmp_path / "keys"))
+    with pytest.raises(ConfigError, match=r"clouds\.gce: .*ssh_public_key_file \(GCE_PUBLIC_KEY_FILENAME\) is set "
+                                          r"but ssh_private_key_file \(GCE_PRIVATE_KEY_FILENAME\) is not"):
+        make_gce(environ={"GCE_PUBLIC_KEY_FILENAME": str(tmp_path / "k.pub")})
+    with pytest.raises(ConfigError, match=r"clouds\.gce: .*GCE has no named key pairs"):
+        make_gce({"ssh_key_pair": "mine", "ssh_private_key_file": str(tmp_path / "k")})
     cloud = make_gce(environ={"GCE_PRIVATE_KEY_FILENAME": str(tmp_path / "missing")})
-    with pytest.raises(ConfigError, match=r"GCE_PRIVATE_KEY_FILENAME\): .*missing: no such file"):
+    with pytest.raises(ConfigError, match=r"^clouds\.gce\.ssh_private_key_file: .*missing does not exist"):
         cloud.launch(make_spec(cloud, debian12_gce, tmp_path / "keys"))
     assert "instances.insert" not in gce_server.fake.calls
     assert_nothing_left(gce_server.fake)

@@ -1,71 +1,40 @@
 """Google Compute Engine: instances, boot disks and images through the compute v1 API.
 
 Auth is a service account JSON key (GOOGLE_APPLICATION_CREDENTIALS or clouds.gce.credentials_file) or
-Application Default Credentials. The SSH login (OS_USERNAME, default "cislaves") and its key pair
-(GCE_PRIVATE_KEY_FILENAME / GCE_PUBLIC_KEY_FILENAME, or a fresh key per instance) are written into the
-instance's `ssh-keys` metadata. Instances, their boot disks and images carry the run's tags as labels.
+Application Default Credentials. SSH uses the shared settings block (clouds/ssh.py): the login
+(ssh_user, or OS_USERNAME; default "cislaves") and its key (ssh_private_key_file / GCE_PRIVATE_KEY_FILENAME,
+with GCE_PUBLIC_KEY_FILENAME, or a temporary key per instance) are written into the instance's
+`ssh-keys` metadata; ssh_interface public/private picks the external or internal IP; bastion and
+ProxyCommand work as on every cloud. Instances, their boot disks and images carry the run's tags
+(with the owner) as labels, and cleanup acts on those labels only.
 
-A bake images the boot disk of the stopped instance BEFORE the instance is deleted (the original tool
-deleted first and lost the disk); the boot disk is created with autoDelete, and destroy removes any
-disk of the instance that is still there. Every operation is awaited with a deadline.
+A bake images the boot disk of the stopped instance BEFORE the instance is deleted; the boot disk is
+created with autoDelete, and destroy removes any disk of the instance that is still there. Every
+mutation carries a requestId (so a retried insert whose first answer was lost is not a 409), and every
+operation is awaited with a deadline.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
+import uuid
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
-
 from cislaves import TOOL
+from cislaves.clouds.base import (TAG_DISTRIBUTION, TAG_RUN, TAG_TOOL, Capabilities, CleanupPolicy, Cloud, Image,
+                                  Instance, LaunchSpec, Pending, wait_for)
 from cislaves.clouds.gce import api as gce_api, records as gce_records
-from cislaves.clouds.base import Capabilities, TAG_DISTRIBUTION, TAG_RUN, TAG_TOOL, Cloud, Image, Instance, LaunchSpec, wait_for
 from cislaves.clouds.gce.api import Conflict, NotFound, basename
 from cislaves.clouds.gce.labels import label_filter, label_key, label_value, labels_from_tags, resource_name
 from cislaves.clouds.gce.labels import tags_from_labels
-from cislaves.config import Strict
+from cislaves.clouds.gce.settings import GCESettings
 from cislaves.errors import CloudError, ConfigError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_ENDPOINT = "https://compute.googleapis.com/compute/v1/"
-
-
-class GCESettings(Strict):
-    """clouds.gce in the configuration file; environment variables in GCECloud.ENV override it."""
-
-    project: str | None = Field(None, pattern=r"^([a-z0-9.-]+:)?[a-z][-a-z0-9]{4,28}[a-z0-9]$")
-    zone: str = Field("us-central1-a", pattern=r"^[a-z]+-[a-z]+[0-9]+-[a-z]$")
-    machine_type: str = Field("e2-standard-2", pattern=r"^[a-z][-a-z0-9]{0,62}$")
-    credentials_file: Path | None = None  # a service account JSON key; None: application default
-    api_endpoint: str | None = Field(None, pattern=r"^https?://")  # base URL ending in /compute/v1/
-    username: str = Field("cislaves", pattern=r"^[a-z_][a-z0-9_-]{0,31}$")  # written into ssh-keys
-    private_key_file: Path | None = None
-    public_key_file: Path | None = None  # default: derived from the private key
-    image: str | None = None  # explicit base image: NAME, projects/P/global/images/NAME or .../family/F
-    image_family: str = "cislaves-{distribution}"  # family of the baked images
-    network: str = "global/networks/default"
-    subnetwork: str | None = None
-    external_ip: bool = True  # an ephemeral public address; SSH goes to it (else to the internal one)
-    disk_size_gb: int | None = Field(None, ge=10, le=65536)  # default: the image's size
-    disk_type: str = Field("pd-balanced", pattern=r"^[a-z][-a-z0-9]{0,62}$")
-    ssh_host: str | None = None  # connect here instead of the instance's address (tunnels, tests)
-    ssh_port: int = Field(22, ge=1, le=65535)
-    operation_timeout: float = Field(600, gt=0)  # each instance/disk operation
-    image_timeout: float = Field(3600, gt=0)  # creating one image
-    poll_max_delay: float = Field(5, gt=0)
-    request_timeout: float = Field(60, gt=0)
-    api_retries: int = Field(2, ge=0, le=10)
-
-    @field_validator("image_family")
-    @classmethod
-    def _family_template(cls, value: str) -> str:
-        try:
-            value.format(distribution="debian12")
-        except (KeyError, IndexError, ValueError):
-            raise ValueError("expected a family name; the only placeholder is {distribution}") from None
-        return value
+STOPPED = {"TERMINATED", "STOPPED"}
 
 
 class GCECloud(Cloud):
@@ -75,8 +44,8 @@ class GCECloud(Cloud):
     capabilities = Capabilities()  # images are global: no copies
     Settings = GCESettings
     ENV = {"project": "GCE_PROJECT", "zone": "GCE_ZONE", "credentials_file": "GOOGLE_APPLICATION_CREDENTIALS",
-           "api_endpoint": "GCE_API_ENDPOINT", "username": "OS_USERNAME",
-           "private_key_file": "GCE_PRIVATE_KEY_FILENAME", "public_key_file": "GCE_PUBLIC_KEY_FILENAME"}
+           "api_endpoint": "GCE_API_ENDPOINT", "ssh_user": "OS_USERNAME",
+           "ssh_private_key_file": "GCE_PRIVATE_KEY_FILENAME", "ssh_public_key_file": "GCE_PUBLIC_KEY_FILENAME"}
 
     def __init__(self, settings: Any, data_dir: Path, name: str | None = None):
         if settings is None or isinstance(settings, dict):
@@ -84,6 +53,7 @@ class GCECloud(Cloud):
         super().__init__(settings, data_dir, name=name)
         self._compute = None
         self._project = settings.project
+        self._retry = gce_api.Retry(settings.api_retries, settings.api_retry_delay)
 
     # -- images ---------------------------------------------------------------------------
     def base_image(self, distribution) -> Image:
@@ -129,14 +99,14 @@ class GCECloud(Cloud):
         log.info("gce: %s (family %s)", what, family)
         images = self._api().images()
         try:
-            operation = self._call(images.insert(project=self.project, body=body), what)
+            operation = self._call(images.insert(project=self.project, body=body, requestId=_request_id()), what)
             self._wait(operation, what, self.settings.image_timeout)
-            ready = self._poll(lambda: self._image_status(image_name), f"image {image_name} to be READY",
-                               self.settings.image_timeout)
+            ready = wait_for(lambda: self._image_ready(image_name), f"image {image_name} to be READY",
+                             self.settings.image_timeout, max_delay=self.settings.poll_max_delay)
         except Conflict:
-            raise
+            raise  # an image of that name that this run did not make: never delete it
         except BaseException:
-            self._discard_image(image_name)
+            self._discard_image(image_name, instance.run_id)
             raise
         image = gce_records.image_record(self.name, self.project, ready)
         image.source_image = instance.image_id
@@ -144,7 +114,7 @@ class GCECloud(Cloud):
 
     def list_images(self, filters: dict[str, str] | None = None) -> list[Image]:
         """This tool's images in the project, narrowed by tag filters."""
-        found = gce_api.list_all(self._api().images(), "listing images", project=self.project,
+        found = gce_api.list_all(self._api().images(), "listing images", self._retry, project=self.project,
                                  filter=self._filter(filters))
         return [gce_records.image_record(self.name, self.project, data) for data in found]
 
@@ -154,33 +124,35 @@ class GCECloud(Cloud):
             raise CloudError(f"gce: refusing to delete {image.id}: name an image, not a family")
         what = f"deleting image {name}"
         try:
-            operation = self._call(self._api().images().delete(project=project, image=name), what)
+            operation = self._call(self._api().images().delete(project=project, image=name,
+                                                               requestId=_request_id()), what)
         except NotFound:
             return
-        self._wait(operation, what, self.settings.operation_timeout)
+        self._wait(operation, what, self.settings.destroy_timeout)
 
     # -- instances ------------------------------------------------------------------------
     def launch(self, spec: LaunchSpec) -> Instance:
         """Create the instance (boot disk with autoDelete, labels, ssh-keys) and wait until RUNNING."""
         project, zone, name = self.project, self.settings.zone, resource_name(spec.name)  # credentials first
-        user = spec.distribution.user_for(self.name, self.settings.username)
-        key_file, public_key, generated = gce_records.ssh_key_pair(self.settings, f"clouds.{self.name}",
-                                                                       spec.key_dir, name)
+        self._check_image(spec.image)
+        user = self.settings.ssh_user or spec.distribution.user_for(self.name, gce_records.DEFAULT_USER)
+        key, public_key = gce_records.login(self.settings, self.name, spec.key_dir, name)
         tags = {**spec.tags, TAG_RUN: spec.run_id}
         instance = Instance(id=name, cloud=self.name, name=name, distribution=spec.distribution.name,
-                            run_id=spec.run_id, state="pending", user=user, key_file=str(key_file),
+                            run_id=spec.run_id, state="pending", user=user, key_file=str(key.private_key_file),
                             region=zone, image_id=spec.image.id, tags=tags,
-                            extra={"project": project, "zone": zone, "generated_key": generated})
+                            extra={"project": project, "zone": zone, "generated_key": key.temporary})
         body = gce_records.instance_body(self.settings, name, gce_records.image_path(spec.image.id, project),
                                          labels_from_tags(tags), f"{user}:{public_key} {user}")
         what = f"creating instance {name} in {zone}"
         log.info("gce: %s from %s (%s)", what, spec.image.id, self.settings.machine_type)
         try:
-            operation = self._call(self._api().instances().insert(project=project, zone=zone, body=body), what)
-            self._wait(operation, what, self.settings.operation_timeout)
-            return self._until(instance, {"RUNNING"}, "RUNNING")
+            operation = self._call(self._api().instances().insert(project=project, zone=zone, body=body,
+                                                                  requestId=_request_id()), what)
+            self._wait(operation, what, self.settings.launch_timeout)
+            return self._until(instance, {"RUNNING"}, "RUNNING", need_address=True)
         except Conflict:
-            self._forget_key(instance)
+            self._forget_key(instance)  # the instance of that name is not ours: leave it alone
             raise
         except BaseException:
             self._discard(instance)
@@ -199,19 +171,24 @@ class GCECloud(Cloud):
         if current.state != "stopped":
             if current.state != "stopping":
                 self._instance_op(instance, "stop", f"stopping instance {instance.name}")
-            current = self._until(instance, {"TERMINATED", "STOPPED"}, "stopped (TERMINATED)")
+            current = self._until(instance, STOPPED | {"SUSPENDED"}, "stopped (TERMINATED)")
         return current
 
     def start(self, instance: Instance) -> Instance:
-        current = self.refresh(instance)
-        if current.state == "terminated":
+        """Start a stopped (TERMINATED) instance, or resume a SUSPENDED one; wait until RUNNING."""
+        data = self._instance_data(instance)
+        if data is None:
             raise CloudError(f"gce: cannot start instance {instance.name}: it no longer exists")
-        if current.state == "running":
-            return current
-        if current.state == "stopping":
-            self._until(instance, {"TERMINATED", "STOPPED"}, "stopped (TERMINATED)")
-        self._instance_op(instance, "start", f"starting instance {instance.name}")
-        return self._until(instance, {"RUNNING"}, "RUNNING")
+        status = data.get("status")
+        if status == "RUNNING":
+            return gce_records.merge(self.settings, instance, data, need_address=True)
+        if status in ("STOPPING", "SUSPENDING"):
+            status = self._until(instance, STOPPED | {"SUSPENDED"}, "stopped or suspended").extra["status"]
+        if status == "SUSPENDED":  # start refuses a suspended instance: it needs resume
+            self._instance_op(instance, "resume", f"resuming instance {instance.name}")
+        else:
+            self._instance_op(instance, "start", f"starting instance {instance.name}")
+        return self._until(instance, {"RUNNING"}, "RUNNING", need_address=True)
 
     def destroy(self, instance: Instance) -> None:
         """Delete the instance and wait; then delete its boot disk if autoDelete left it. Safe twice."""
@@ -222,7 +199,8 @@ class GCECloud(Cloud):
             disks = [basename(d["source"]) for d in data.get("disks", []) if d.get("boot") and d.get("source")] \
                 or disks
             try:
-                self._instance_op(instance, "delete", f"deleting instance {instance.name}")
+                self._instance_op(instance, "delete", f"deleting instance {instance.name}",
+                                  self.settings.destroy_timeout)
             except NotFound:
                 pass
         for disk in disks:
@@ -231,37 +209,49 @@ class GCECloud(Cloud):
 
     def list_instances(self, filters: dict[str, str] | None = None) -> list[Instance]:
         """This tool's instances in every zone of the project, narrowed by tag filters."""
-        found = gce_api.aggregated(self._api().instances(), "listing instances", "instances",
+        found = gce_api.aggregated(self._api().instances(), "listing instances", "instances", self._retry,
                                    project=self.project, filter=self._filter(filters))
         return [gce_records.instance_record(self.name, self.project, self.settings, data) for data in found]
 
-    def cleanup(self, keep_run_ids: set[str] = frozenset()) -> list[str]:
-        """Delete this tool's instances and disks (every zone) whose run id is not kept."""
+    def cleanup(self, policy: CleanupPolicy) -> list[str]:
+        """Remove the tool-labelled instances, detached disks and unfinished (PENDING/FAILED) images that
+        `policy` allows, in every zone; one line per removed resource. Labels are compared in label form."""
+        policy = CleanupPolicy(owner=label_value(policy.owner) if policy.owner else None,
+                               keep_run_ids={label_value(r) for r in policy.keep_run_ids},
+                               all_owners=policy.all_owners)
         removed, failed = [], []
+
+        def remove(line: str, action) -> None:
+            try:
+                action()
+                removed.append(line)
+            except CloudError as exc:
+                failed.append(str(exc))
+
         for instance in self.list_instances():
-            if instance.run_id in keep_run_ids:
-                continue
-            try:
-                self.destroy(instance)
-                removed.append(f"instance {instance.id} (zone {instance.region}, run {instance.run_id})")
-            except CloudError as exc:
-                failed.append(str(exc))
-        disks = gce_api.aggregated(self._api().disks(), "listing disks", "disks", project=self.project,
-                                   filter=self._filter(None))
+            why = policy.reason(instance.tags)
+            if why:
+                remove(f"instance {instance.id} (zone {instance.region}, run {instance.run_id}, {why})",
+                       lambda i=instance: self.destroy(i))
+        disks = gce_api.aggregated(self._api().disks(), "listing disks", "disks", self._retry,
+                                   project=self.project, filter=self._filter(None))
         for disk in list(disks):
-            run = tags_from_labels(disk.get("labels")).get(TAG_RUN)
-            if run in keep_run_ids or disk.get("users"):
-                continue
-            try:
-                self._delete_disk(self.project, basename(disk["zone"]), disk["name"])
-                removed.append(f"disk {disk['name']} (zone {basename(disk['zone'])}, run {run})")
-            except CloudError as exc:
-                failed.append(str(exc))
+            tags = tags_from_labels(disk.get("labels"))
+            why = None if disk.get("users") else policy.reason(tags)
+            if why:
+                zone = basename(disk["zone"])
+                remove(f"disk {disk['name']} (zone {zone}, run {tags.get(TAG_RUN)}, {why})",
+                       lambda z=zone, d=disk["name"]: self._delete_disk(self.project, z, d))
+        for image in self.list_images():
+            why = policy.reason(image.tags) if image.extra.get("status") in ("PENDING", "FAILED") else None
+            if why:
+                remove(f"unfinished image {image.id} (status {image.extra.get('status')}, run {image.run_id}, "
+                       f"{why})", lambda i=image: self.delete_image(i))
         for line in removed:
             log.info("gce: cleanup removed %s", line)
         if failed:
             raise CloudError(f"gce: cleanup removed {len(removed)} resource(s) but {len(failed)} "
-                             f"failed; first: {failed[0]}")
+                             f"failed; first: {failed[0]}", cloud=self.name, operation="cleanup")
         return removed
 
     # -- hooks ----------------------------------------------------------------------------
@@ -299,21 +289,23 @@ class GCECloud(Cloud):
         return self._compute
 
     def _call(self, request, what: str) -> dict[str, Any]:
-        return gce_api.execute(request, what, retries=self.settings.api_retries)
+        return gce_api.execute(request, what, self._retry)
 
     def _wait(self, operation: dict[str, Any], what: str, timeout: float) -> dict[str, Any]:
         return gce_api.wait_operation(self._api(), self.project, operation, what, timeout,
-                                      max_delay=self.settings.poll_max_delay)
+                                      max_delay=self.settings.poll_max_delay, retry=self._retry)
 
-    def _poll(self, probe, what: str, timeout: float):
-        last = ["nothing yet"]
-
-        def step():
-            result, seen = probe()
-            last[0] = seen
-            return result
-
-        return wait_for(step, what, timeout, max_delay=self.settings.poll_max_delay, describe=lambda: last[0])
+    def _check_image(self, image: Image) -> None:
+        """An explicit image Google has deprecated: warn (DEPRECATED) or refuse (OBSOLETE, DELETED)."""
+        state = image.extra.get("deprecated")
+        replacement = image.extra.get("replacement")
+        hint = f"; its suggested replacement is {gce_api.resource_path(replacement)}" if replacement else ""
+        if state in ("OBSOLETE", "DELETED"):
+            raise CloudError(f"gce: image {image.id} is {state}: refusing to boot from it{hint} "
+                             f"(set clouds.gce.image to another image, or leave it unset for the newest of the "
+                             f"family)", cloud=self.name, operation="launch", code=state)
+        if state == "DEPRECATED":
+            log.warning("gce: image %s is DEPRECATED%s", image.id, hint)
 
     def _where(self, instance: Instance) -> tuple[str, str]:
         return instance.extra.get("project") or self.project, instance.extra.get("zone") or instance.region \
@@ -327,63 +319,97 @@ class GCECloud(Cloud):
         except NotFound:
             return None
 
-    def _instance_op(self, instance: Instance, verb: str, what: str) -> None:
+    def _instance_op(self, instance: Instance, verb: str, what: str, timeout: float | None = None) -> None:
         project, zone = self._where(instance)
         method = getattr(self._api().instances(), verb)
-        operation = self._call(method(project=project, zone=zone, instance=instance.name), what)
-        self._wait(operation, what, self.settings.operation_timeout)
+        operation = self._call(method(project=project, zone=zone, instance=instance.name,
+                                      requestId=_request_id()), what)
+        self._wait(operation, what, timeout or self.settings.launch_timeout)
 
-    def _until(self, instance: Instance, statuses: set[str], wanted: str) -> Instance:
-        """Poll the instance until its GCE status is in `statuses`; the updated record."""
+    def _until(self, instance: Instance, statuses: set[str], wanted: str, need_address: bool = False) -> Instance:
+        """Poll the instance until its GCE status is in `statuses`; the updated record (raw status in
+        extra["status"])."""
         def probe():
             data = self._instance_data(instance)
             if data is None:
                 raise CloudError(f"gce: instance {instance.name} disappeared while waiting for {wanted}")
-            return (data if data.get("status") in statuses else None), f"status {data.get('status')}"
+            return data if data.get("status") in statuses else Pending(f"status {data.get('status')}")
 
-        data = self._poll(probe, f"instance {instance.name} to be {wanted}", self.settings.operation_timeout)
-        return gce_records.merge(self.settings, instance, data)
+        data = wait_for(probe, f"instance {instance.name} to be {wanted}", self.settings.launch_timeout,
+                        max_delay=self.settings.poll_max_delay)
+        merged = gce_records.merge(self.settings, instance, data, need_address=need_address)
+        merged.extra = {**merged.extra, "status": data.get("status")}
+        return merged
 
-    def _image_status(self, name: str):
+    def _image_ready(self, name: str):
         data = self._call(self._api().images().get(project=self.project, image=name), f"reading image {name}")
         if data.get("status") == "FAILED":
-            raise CloudError(f"gce: image {name} failed: {data.get('statusMessage') or 'status FAILED'}")
-        return (data if data.get("status") == "READY" else None), f"status {data.get('status')}"
+            raise CloudError(f"gce: image {name} failed: {data.get('statusMessage') or 'status FAILED'}",
+                             cloud=self.name, operation="create_image", code="FAILED")
+        return data if data.get("status") == "READY" else Pending(f"status {data.get('status')}")
 
-    def _delete_disk(self, project: str, zone: str, disk: str) -> None:
-        """Delete a disk once no instance uses it (autoDelete may be removing it already); safe if gone."""
+    def _delete_disk(self, project: str, zone: str, disk: str, run_id: str | None = None) -> None:
+        """Delete a disk once no instance uses it (autoDelete may be removing it already); safe if gone.
+        With run_id, only a disk labelled with that run is deleted (launch's cleanup: never another's)."""
         disks = self._api().disks()
 
         def probe():
             try:
                 data = self._call(disks.get(project=project, zone=zone, disk=disk), f"reading disk {disk}")
             except NotFound:
-                return "gone", "gone"
+                return "gone"
             users = data.get("users") or []
-            return (None, f"used by {', '.join(map(basename, users))}") if users else ("detached", "detached")
+            if run_id is not None and not _ours(data.get("labels"), run_id):
+                return "not ours"
+            return Pending(f"used by {', '.join(map(basename, users))}") if users else "detached"
 
-        if self._poll(probe, f"disk {disk} to be detached", self.settings.operation_timeout) == "gone":
+        found = wait_for(probe, f"disk {disk} to be detached", self.settings.destroy_timeout,
+                         max_delay=self.settings.poll_max_delay)
+        if found == "not ours":
+            log.warning("gce: disk %s is not labelled with run %s: left alone", disk, run_id)
+        if found != "detached":
             return
         what = f"deleting disk {disk}"
         try:
-            operation = self._call(disks.delete(project=project, zone=zone, disk=disk), what)
+            operation = self._call(disks.delete(project=project, zone=zone, disk=disk, requestId=_request_id()),
+                                   what)
         except NotFound:
             return
-        self._wait(operation, what, self.settings.operation_timeout)
+        self._wait(operation, what, self.settings.destroy_timeout)
 
     def _discard(self, instance: Instance) -> None:
-        """Best effort after a failed launch: remove the instance, its disk and its key; log, never raise."""
+        """After a failed launch: remove the instance and its disk if they carry this run's label (never a
+        resource of that name someone else made), and the key; log, never raise."""
+        project, zone = self._where(instance)
         try:
-            self.destroy(instance)
+            data = self._instance_data(instance)
+            if data is not None and not _ours(data.get("labels"), instance.run_id):
+                log.warning("gce: instance %s is not labelled with run %s: left alone", instance.name,
+                            instance.run_id)
+            elif data is not None:
+                self.destroy(instance)
+            else:
+                self._delete_disk(project, zone, instance.name, run_id=instance.run_id)
         except Exception as exc:  # the launch error is the one to report
             log.error("gce: could not remove instance %s after the failed launch: %s; run cleanup",
                       instance.name, exc)
+        self._forget_key(instance)
 
-    def _discard_image(self, name: str) -> None:
+    def _discard_image(self, name: str, run_id: str) -> None:
+        try:
+            data = self._call(self._api().images().get(project=self.project, image=name), f"reading image {name}")
+        except NotFound:
+            return
+        except Exception as exc:  # the creation error is the one to report
+            log.error("gce: could not check image %s after the failed creation: %s; run cleanup", name, exc)
+            return
+        if not _ours(data.get("labels"), run_id):
+            log.warning("gce: image %s is not labelled with run %s: left alone", name, run_id)
+            return
         try:
             self.delete_image(Image(id=name, cloud=self.name, name=name))
         except Exception as exc:  # the creation error is the one to report
-            log.error("gce: could not remove image %s after the failed creation: %s", name, exc)
+            log.error("gce: could not remove image %s after the failed creation: %s; run cleanup", name, exc)
 
     def _forget_key(self, instance: Instance) -> None:
         if instance.extra.get("generated_key") and instance.key_file:
@@ -395,3 +421,15 @@ class GCECloud(Cloud):
         labels.update({label_key(k): label_value(v) for k, v in (filters or {}).items()})
         return label_filter(labels)
 
+
+def _request_id() -> str:
+    """A new requestId (a UUID): retries of the same request carry the same one, so Google answers a retried
+    mutation with the first attempt's operation."""
+    return str(uuid.uuid4())
+
+
+def _ours(labels: dict[str, str] | None, run_id: str) -> bool:
+    """Whether a resource carries the tool's label and this run's id."""
+    labels = labels or {}
+    return labels.get(label_key(TAG_TOOL)) == label_value(TOOL) and \
+        labels.get(label_key(TAG_RUN)) == label_value(run_id)

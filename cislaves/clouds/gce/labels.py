@@ -4,12 +4,14 @@ GCE labels allow lowercase keys and values of [a-z0-9_-] (keys start with a lett
 characters each. The tool's tags ("cislaves:run-id" -> "2026...-abc123") are mapped to labels
 ("cislaves-run-id" -> "2026...-abc123"); the standard keys map back exactly, and the expiry time
 (an ISO 8601 UTC instant) is written as "2026-11-23t02-35-25z" and read back as "2026-11-23T02:35:25Z".
+Values are compared in label form (`label_value`), so an owner or run id that labels cannot hold as it
+is (upper case, dots) still matches its resources.
 """
 from __future__ import annotations
 
 import re
 
-from cislaves.clouds.base import TAG_DISTRIBUTION, TAG_EXPIRES, TAG_ROLE, TAG_RUN, TAG_TOOL
+from cislaves.records import TAG_BUILD, TAG_DISTRIBUTION, TAG_EXPIRES, TAG_OWNER, TAG_ROLE, TAG_RUN, TAG_TOOL
 
 MAX = 63
 _BAD = re.compile(r"[^a-z0-9_-]+")
@@ -18,7 +20,7 @@ _NAME_RULE = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 _EXPIRES_LABEL = re.compile(r"^(\d{4}-\d\d-\d\d)t(\d\d)-(\d\d)-(\d\d)z$")
 
 # Label keys of the standard tags, and "Name" (GCE keeps names apart, but the tag is kept as a label).
-_KNOWN_KEYS = [TAG_TOOL, TAG_RUN, TAG_DISTRIBUTION, TAG_EXPIRES, TAG_ROLE, "Name"]
+_KNOWN_KEYS = [TAG_TOOL, TAG_RUN, TAG_OWNER, TAG_BUILD, TAG_DISTRIBUTION, TAG_EXPIRES, TAG_ROLE, "Name"]
 
 
 def label_key(key: str) -> str:

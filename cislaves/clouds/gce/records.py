@@ -1,5 +1,5 @@
-"""The GCE driver's translations: API resources to Instance/Image records, settings to request bodies,
-image references, and the SSH key pair written into an instance's metadata."""
+"""The GCE driver's translations: API resources to Instance/Image records (SSH fields through the shared
+apply_ssh), settings to request bodies, image references, and the login key written into ssh-keys."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,9 +8,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from cislaves.clouds.base import TAG_DISTRIBUTION, TAG_RUN, Image, Instance, generate_keypair, isoformat
-from cislaves.clouds.base import public_key_of
+from cislaves.clouds.base import TAG_DISTRIBUTION, TAG_RUN, Image, Instance, isoformat
 from cislaves.clouds.gce.api import basename
+from cislaves.clouds.ssh import LoginKey, apply_ssh, login_key
 from cislaves.clouds.gce.labels import tags_from_labels
 from cislaves.errors import CloudError, ConfigError
 
@@ -18,6 +18,7 @@ from cislaves.errors import CloudError, ConfigError
 STATES = {"PROVISIONING": "pending", "STAGING": "pending", "PENDING": "pending", "REPAIRING": "pending",
           "RUNNING": "running", "STOPPING": "stopping", "PENDING_STOP": "stopping", "SUSPENDING": "stopping",
           "STOPPED": "stopped", "TERMINATED": "stopped", "SUSPENDED": "stopped", "DEPROVISIONING": "stopping"}
+DEFAULT_USER = "cislaves"  # the login written into ssh-keys when neither ssh_user nor the distribution names one
 IMAGE_STATES = {"READY": "available", "PENDING": "pending", "FAILED": "error", "DELETING": "deleting"}
 _IMAGE_PATH = re.compile(r"(?:^|/)projects/([^/]+)/global/images/(family/)?([^/]+)$")
 _SOURCE = re.compile(r"from image (\S+)")
@@ -51,6 +52,8 @@ def image_record(cloud: str, own_project: str, data: dict[str, Any]) -> Image:
                  source_image=source[1] if source else None,
                  state=IMAGE_STATES.get(data.get("status", ""), "unknown"), tags=tags,
                  extra={"project": project, "family": data.get("family"), "status": data.get("status"),
+                        "deprecated": (data.get("deprecated") or {}).get("state"),
+                        "replacement": (data.get("deprecated") or {}).get("replacement"),
                         "disk_size_gb": data.get("diskSizeGb"), "self_link": data.get("selfLink")})
 
 
@@ -58,7 +61,7 @@ def instance_record(cloud: str, own_project: str, settings, data: dict[str, Any]
     """An Instance from an instances resource found by listing (no record of ours to start from)."""
     tags = tags_from_labels(data.get("labels"))
     items = {i.get("key"): i.get("value", "") for i in (data.get("metadata") or {}).get("items", [])}
-    user = items.get("ssh-keys", "").split(":", 1)[0] or settings.username
+    user = items.get("ssh-keys", "").split(":", 1)[0] or settings.ssh_user or DEFAULT_USER
     zone = basename(data.get("zone", settings.zone))
     instance = Instance(id=data["name"], cloud=cloud, name=data["name"], distribution=tags.get(TAG_DISTRIBUTION, ""),
                         run_id=tags.get(TAG_RUN, ""), user=user, region=zone,
@@ -66,17 +69,34 @@ def instance_record(cloud: str, own_project: str, settings, data: dict[str, Any]
     return merge(settings, instance, data)
 
 
-def merge(settings, instance: Instance, data: dict[str, Any]) -> Instance:
-    """The instance record updated from the API's view: state, address (or the override), tags, boot disk."""
+def merge(settings, instance: Instance, data: dict[str, Any], *, need_address: bool = False) -> Instance:
+    """The instance record updated from the API's view: state, tags, boot disk, and the SSH fields from the
+    shared settings (apply_ssh: public = the external IP, private = the internal one; ssh_host wins).
+
+    need_address (a RUNNING instance SSH is about to reach): no address on the chosen interface is a
+    CloudError with code NoAddress that says so; otherwise (stopped, listed) the address is just None.
+    """
     nic = (data.get("networkInterfaces") or [{}])[0]
-    public = ((nic.get("accessConfigs") or [{}])[0]).get("natIP")
-    address = settings.ssh_host or (public if settings.external_ip else None) or nic.get("networkIP")
+    public = next((c.get("natIP") for c in nic.get("accessConfigs") or [] if c.get("natIP")), None)
     boot = next((basename(d["source"]) for d in data.get("disks", []) if d.get("boot") and d.get("source")), None)
     extra = {**instance.extra, **({"boot_disk": boot} if boot else {})}
-    return dataclasses.replace(instance, state=STATES.get(data.get("status", ""), "unknown"),
-                               address=address, port=settings.ssh_port, extra=extra,
-                               created=utc(data.get("creationTimestamp")) or instance.created,
-                               tags={**instance.tags, **tags_from_labels(data.get("labels"))})
+    updated = dataclasses.replace(instance, state=STATES.get(data.get("status", ""), "unknown"), extra=extra,
+                                  created=utc(data.get("creationTimestamp")) or instance.created,
+                                  tags={**instance.tags, **tags_from_labels(data.get("labels"))})
+    addresses = {"public": public, "private": nic.get("networkIP")}
+    try:
+        return apply_ssh(updated, settings, addresses, default_interface=settings.interface,
+                         default_user=instance.user)
+    except CloudError as exc:
+        if need_address or exc.code != "NoAddress":
+            if exc.code == "NoAddress" and not nic.get("accessConfigs") and settings.interface == "public":
+                exc.args = (f"{exc} (the instance has no accessConfigs: no external IP was given to it)",)
+            raise
+    # not running (or only listed): no address yet; the other SSH fields still come from the settings
+    filled = apply_ssh(updated, settings, {**addresses, settings.interface: "-"},
+                       default_interface=settings.interface, default_user=instance.user)
+    filled.address = None
+    return filled
 
 
 def instance_body(settings, name: str, source_image: str, labels: dict[str, str], ssh_key: str) -> dict[str, Any]:
@@ -90,7 +110,7 @@ def instance_body(settings, name: str, source_image: str, labels: dict[str, str]
     nic: dict[str, Any] = {"network": settings.network}
     if settings.subnetwork:
         nic["subnetwork"] = settings.subnetwork
-    if settings.external_ip:
+    if settings.external_ip:  # (ssh_interface public needs it; private may still want outbound NAT)
         nic["accessConfigs"] = [{"type": "ONE_TO_ONE_NAT", "name": "External NAT"}]
     return {"name": name, "machineType": f"zones/{zone}/machineTypes/{settings.machine_type}",
             "labels": labels, "networkInterfaces": [nic],
@@ -100,32 +120,21 @@ def instance_body(settings, name: str, source_image: str, labels: dict[str, str]
                                    {"key": "enable-oslogin", "value": "FALSE"}]}}
 
 
-def ssh_key_pair(settings, where: str, key_dir: Path, name: str) -> tuple[Path, str, bool]:
-    """(private key file, public key "TYPE BASE64", generated?) from the settings, or a fresh key pair."""
-    if settings.private_key_file is None:
-        if settings.public_key_file is not None:
-            raise ConfigError(f"{where}.public_key_file (GCE_PUBLIC_KEY_FILENAME) is set but "
-                              f"{where}.private_key_file (GCE_PRIVATE_KEY_FILENAME) is not: SSH needs both")
-        path = Path(key_dir) / f"gce-{name}"
-        return path, generate_keypair(path).rsplit(" ", 1)[0], True
-    private = Path(settings.private_key_file).expanduser()
-    label = f"{where}.private_key_file (GCE_PRIVATE_KEY_FILENAME): {private}"
-    if not private.is_file():
-        raise ConfigError(f"{label}: no such file")
-    if settings.public_key_file is None:
+def login(settings, cloud: str, key_dir: Path, name: str) -> tuple[LoginKey, str]:
+    """The login key (configured, or a temporary one: clouds.ssh.login_key) and the public key
+    "TYPE BASE64" for ssh-keys: from ssh_public_key_file when given (GCE only), else the private key's."""
+    key = login_key(settings, key_dir, name, cloud=cloud)
+    public = key.public_key
+    if settings.ssh_public_key_file is not None:
+        path = Path(settings.ssh_public_key_file).expanduser()
+        label = f"clouds.{cloud}.ssh_public_key_file (GCE_PUBLIC_KEY_FILENAME): {path}"
         try:
-            return private, public_key_of(private), False
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(f"{label}: not an unencrypted SSH private key ({exc})") from None
-    public_path = Path(settings.public_key_file).expanduser()
-    label = f"{where}.public_key_file (GCE_PUBLIC_KEY_FILENAME): {public_path}"
-    try:
-        fields = public_path.read_text().split()
-    except OSError as exc:
-        raise ConfigError(f"{label}: cannot read: {exc.strerror}") from None
-    if len(fields) < 2 or not fields[0].startswith(("ssh-", "ecdsa-")):
-        raise ConfigError(f"{label}: expected an OpenSSH public key line (ssh-ed25519 AAAA...)")
-    return private, f"{fields[0]} {fields[1]}", False
+            public = path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"{label}: cannot read: {exc.strerror}") from None
+        if len(public.split()) < 2 or not public.split()[0].startswith(("ssh-", "ecdsa-")):
+            raise ConfigError(f"{label}: expected an OpenSSH public key line (ssh-ed25519 AAAA...)")
+    return key, " ".join(public.split()[:2])
 
 
 def project_of(self_link: str) -> str | None:
