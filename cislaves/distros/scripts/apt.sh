@@ -32,6 +32,13 @@ pkg_add() {
     apt-get "${APT_OPTIONS[@]}" --no-install-recommends install "$@"
 }
 
+# The downloaded .debs and the package lists: about 130 of a 285 MB local debian12 image.
+pkg_clean() {
+    apt-get -q -o DPkg::Lock::Timeout=600 clean
+    rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
+    apt_updated=""
+}
+
 # Debian/Ubuntu packages ask for a reboot with /run/reboot-required; an installed kernel newer than
 # the running one asks too.
 reboot_required() {

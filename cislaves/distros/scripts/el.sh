@@ -17,6 +17,12 @@ pkg_installed() { rpm -q --whatprovides "$1" >/dev/null 2>&1; }
 
 pkg_add() { "$PKG_TOOL" -y install "$@"; }
 
+# The package manager's caches (downloaded rpms, repository metadata).
+pkg_clean() {
+    "$PKG_TOOL" -y clean all
+    rm -rf /var/cache/yum/* /var/cache/dnf/*
+}
+
 # needs-restarting -r (yum-utils / dnf-utils) exits 1 when a reboot is needed; without it, compare the
 # newest installed kernel with the running one.
 reboot_required() {

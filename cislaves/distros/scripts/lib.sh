@@ -180,6 +180,7 @@ install_extra_packages() {
 # Hooks a distribution or family may redefine.
 prepare_repositories() { :; }
 after_packages() { :; }
+pkg_clean() { :; }
 
 main() {
     step "starting $CISLAVES_DISTRIBUTION provisioning (package set: $CISLAVES_PACKAGE_SET, cloud: $CISLAVES_CLOUD)"
@@ -226,6 +227,8 @@ main() {
         install_fpm
     fi
     install_extra_packages
+    step "removing package caches and lists (they are half of a small image; jobs update first)"
+    pkg_clean
     mkdir -p /etc/cislaves
     printf 'distribution=%s\npackage_set=%s\nci_user=%s\n' "$CISLAVES_DISTRIBUTION" "$CISLAVES_PACKAGE_SET" \
         "$CISLAVES_CI_USER" >/etc/cislaves/provisioned
