@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cislaves import distros  # noqa: E402
-from cislaves.clouds.base import LaunchSpec, new_run_id, standard_tags  # noqa: E402
+from cislaves.clouds.base import CleanupPolicy, LaunchSpec, new_run_id, standard_tags  # noqa: E402
 from cislaves.clouds.local import LocalCloud  # noqa: E402
 
 TARGETS = {"up": 1.5, "create_image": 15.0, "destroy": 2.0}
@@ -70,7 +70,7 @@ def main() -> int:
             report("destroy of a provisioned machine", [time.monotonic() - started], "destroy")
             cloud.delete_image(image)
         finally:
-            cloud.cleanup(keep_run_ids=set())
+            cloud.cleanup(CleanupPolicy(owner=None, all_owners=True))
     return 0
 
 

@@ -5,7 +5,7 @@ local_data_dir    (session) a fresh data dir
 local_config_file (session) a YAML config for subprocess `fab` (CISLAVES_CONFIG=...)
 local_cloud       (session) a LocalCloud on those
 debian12          the Distribution
-local_machine     (function) a booted, SSH-ready debian12 Instance, destroyed afterwards
+local_machine     (function) a booted, SSH-ready debian12 Instance (owner tag TEST_OWNER), destroyed afterwards
 
 tool_leftovers(data_dir=None) lists what of the tool remains on the host (empty after destroy).
 """
@@ -21,6 +21,7 @@ from cislaves import distros
 from cislaves.records import LaunchSpec, new_run_id, standard_tags
 
 DEFAULT_CACHE = "/var/tmp/cislaves-test-cache"
+TEST_OWNER = "otestlocal001"  # the owner tag of machines the tests launch directly (not through a Session)
 
 
 @pytest.fixture(scope="session")
@@ -69,7 +70,7 @@ def local_machine(local_cloud, debian12, tmp_path):
     run_id = new_run_id()
     name = f"cislaves-test-{run_id}"
     spec = LaunchSpec(distribution=debian12, image=local_cloud.base_image(debian12), run_id=run_id, name=name,
-                      tags=standard_tags(run_id, debian12.name, "instance", name=name),
+                      tags=standard_tags(run_id, debian12.name, "instance", name=name, owner=TEST_OWNER),
                       key_dir=tmp_path / "keys")
     instance = local_cloud.launch(spec)
     try:

@@ -150,6 +150,40 @@ def test_it_bakes_an_image_that_boots_and_leaves_nothing(bake_env):
     assert tool_leftovers(bake_env.data_dir) == []
 
 
+def test_a_bake_from_a_worker_thread_succeeds(bake_env):
+    """The signal policy lives at the command boundary (the fabfile): the pipeline installs no signal
+    handler, so it runs in a worker thread as the CI runner will call it. (When bake.up installed
+    handlers, this raised `ValueError: signal only works in main thread`.)"""
+    from cislaves import bake, config
+
+    cfg = config.load(bake_env()["CISLAVES_CONFIG"], environ={})
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    result, lines = {}, []
+
+    def work():
+        result["thread"] = threading.current_thread()
+        session = bake.Session(cfg, "local", "debian12", out=lines.append)
+        try:
+            result["images"] = bake.it(session)
+        except BaseException as exc:  # reported by the assertions below, in the test's thread
+            result["error"] = exc
+        finally:
+            session.close()
+
+    worker = threading.Thread(target=work, name="bake-worker")
+    worker.start()
+    worker.join(900)
+    assert not worker.is_alive()
+    assert result["thread"] is not threading.main_thread()
+    assert "error" not in result, f"{type(result.get('error')).__name__}: {result.get('error')}"
+    (image,) = result["images"]
+    assert image.cloud == "local" and image.state == "available" and f"Image: {image.id}" in lines
+    assert json.loads((bake_env.data_dir / "manifest.json").read_text())["builds"][-1]["artifact_id"] == image.id
+    assert {signum: signal.getsignal(signum) for signum in handlers} == handlers  # nothing installed
+    assert state_instances(bake_env.data_dir) == {}
+    assert tool_leftovers(bake_env.data_dir) == []
+
+
 def test_failing_provisioning_removes_the_instance_and_says_what_failed(bake_env, tmp_path):
     failing = script(tmp_path, "fail.sh", 'echo "==> step: breaking on purpose"\nexit 3\n')
     env = bake_env(provision={"extra_scripts": {"debian12": [failing]}})

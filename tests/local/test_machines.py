@@ -20,8 +20,8 @@ import yaml
 from cislaves import clouds, config
 from cislaves.clouds.local import host
 from cislaves.clouds.local import net
-from cislaves.clouds.base import LaunchSpec, new_run_id, standard_tags, wait_for
-from tests.fixtures_local import tool_leftovers
+from cislaves.clouds.base import CleanupPolicy, LaunchSpec, new_run_id, standard_tags, wait_for
+from tests.fixtures_local import TEST_OWNER, tool_leftovers
 
 pytestmark = pytest.mark.root
 REPO = Path(__file__).resolve().parents[2]
@@ -60,7 +60,8 @@ def spec_for(cloud, distribution, image, key_dir, role="bake"):
     run_id = new_run_id()
     name = f"cislaves-test-{run_id}"
     return LaunchSpec(distribution=distribution, image=image, run_id=run_id, name=name,
-                      tags=standard_tags(run_id, distribution.name, role, name=name), key_dir=key_dir, role=role)
+                      tags=standard_tags(run_id, distribution.name, role, name=name, owner=TEST_OWNER),
+                      key_dir=key_dir, role=role)
 
 
 def make_cloud(tmp_path, cache_dir):
@@ -209,7 +210,7 @@ cloud = clouds.get("local", config.load(sys.argv[1], environ={}))
 d = distros.get("debian12")
 run_id = sys.argv[2]
 spec = LaunchSpec(distribution=d, image=cloud.base_image(d), run_id=run_id, name="crash-" + run_id,
-                  tags=standard_tags(run_id, "debian12", "bake"), key_dir=Path(sys.argv[3]))
+                  tags=standard_tags(run_id, "debian12", "bake", owner=sys.argv[4]), key_dir=Path(sys.argv[3]))
 instance = cloud.launch(spec)
 print("launched", instance.id, flush=True)
 sys.stdin.read()
@@ -221,7 +222,8 @@ def test_a_killed_launch_is_cleaned_up(local_cache_dir, tmp_path, moment):
     """SIGKILL the launching process at some moment; cleanup in a later process removes everything."""
     config_file, cloud = make_cloud(tmp_path, local_cache_dir)
     run_id = new_run_id()
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(config_file), run_id, str(tmp_path / "keys")],
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(config_file), run_id, str(tmp_path / "keys"),
+                              TEST_OWNER],
                              cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                              env=dict(os.environ, PYTHONPATH=str(REPO)))
     try:
@@ -245,7 +247,7 @@ def test_a_killed_launch_is_cleaned_up(local_cache_dir, tmp_path, moment):
     if moment == "launched":  # the machine outlives the process that launched it
         (instance,) = cloud.list_instances()
         assert instance.state == "running" and host.ssh_banner(instance.address)
-    removed = cloud.cleanup(keep_run_ids=set())
+    removed = cloud.cleanup(CleanupPolicy(owner=TEST_OWNER))
     assert any(run_id in line for line in removed), removed
     assert tool_leftovers(cloud.data_dir) == []  # ...and cleanup removed it
     assert cloud.list_instances() == []
@@ -258,7 +260,7 @@ def test_cleanup_sweeps_orphans_of_a_vanished_data_dir_but_not_live_instances(lo
     # The other data dir's instance folder vanishes (its tmp dir renamed away: the mount moves along).
     moved = tmp_path / "vanished"
     os.rename(other.instances_dir, moved)
-    removed = local_cloud.cleanup(keep_run_ids={local_machine.run_id})
+    removed = local_cloud.cleanup(CleanupPolicy(owner=TEST_OWNER, keep_run_ids={local_machine.run_id}))
     assert any("orphan nspawn" in line for line in removed), removed
     assert any(orphan.id in line for line in removed), removed
     assert tool_leftovers(other.data_dir) == []
@@ -296,7 +298,8 @@ def test_images_stack_and_a_deleted_parent_stays_until_its_child_goes(local_clou
 
 def test_a_machine_launched_by_another_process_is_driven_by_this_one(local_cache_dir, tmp_path):
     config_file, cloud = make_cloud(tmp_path, local_cache_dir)
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(config_file), new_run_id(), str(tmp_path / "keys")],
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(config_file), new_run_id(), str(tmp_path / "keys"),
+                              TEST_OWNER],
                              cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                              env=dict(os.environ, PYTHONPATH=str(REPO)))
     line = child.stdout.readline()

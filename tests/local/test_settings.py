@@ -16,7 +16,7 @@ from cislaves import clouds, config, distros
 from cislaves.clouds.local import host
 from cislaves.clouds.local import net
 from cislaves.clouds.local import tree
-from cislaves.clouds.base import wait_for
+from cislaves.clouds.base import CleanupPolicy, wait_for
 from cislaves.clouds.local import LocalCloud
 from cislaves.errors import CloudError, ConfigError
 
@@ -203,5 +203,27 @@ def test_an_image_left_pending_by_a_crashed_create_image_is_hidden_and_removed(t
     assert cloud.list_images() == []
     with pytest.raises(CloudError, match="no image 'img-crashed'"):
         cloud.get_image("img-crashed")
-    cloud.cleanup(keep_run_ids=set())
+    cloud.cleanup(CleanupPolicy(owner=None))
     assert not folder.exists()
+
+
+def test_boot_timeout_is_the_deprecated_name_of_launch_timeout(tmp_path, caplog):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"clouds": {"local": {"boot_timeout": 12, "ssh_timeout": 7}}}))
+    with caplog.at_level("WARNING"):
+        cloud = clouds.get("local", config.load(path, environ={}))
+    assert cloud.settings.launch_timeout == 12 and cloud.settings.ssh_timeout == 7
+    warnings = [r.getMessage() for r in caplog.records if "deprecated" in r.getMessage()]
+    assert len(warnings) == 1 and "clouds.local.boot_timeout" in warnings[0] and "launch_timeout" in warnings[0]
+    default = clouds.get("local", config.Config({}, None, {"CISLAVES_LOCAL_BOOT_TIMEOUT": "9"}))
+    assert default.settings.launch_timeout == 9
+
+
+@pytest.mark.parametrize("key, value", [("ssh_user", "jenkins"), ("ssh_port", 2222),
+                                        ("ssh_bastion", "me@jump:22"), ("ssh_private_key_file", "k")])
+def test_ssh_settings_the_local_cloud_cannot_honour_are_refused_by_name(tmp_path, key, value):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"clouds": {"local": {key: value}}}))
+    with pytest.raises(ConfigError) as error:
+        clouds.get("local", config.load(path, environ={}))
+    assert f"clouds.local.{key}" in str(error.value) and "not used by the local cloud" in str(error.value)

@@ -21,7 +21,7 @@ import logging
 import os
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import Field, field_validator
 
@@ -29,10 +29,11 @@ from cislaves import TOOL
 from cislaves.clouds.local import host
 from cislaves.clouds.local import net
 from cislaves.clouds.local import tree
-from cislaves.clouds.base import (Capabilities, TAG_DISTRIBUTION, TAG_ROLE, TAG_RUN, TAG_TOOL, Cloud, Image, Instance,
-                                  LaunchSpec, generate_keypair, isoformat, utcnow, wait_for)
+from cislaves.clouds.base import (Capabilities, TAG_DISTRIBUTION, TAG_ROLE, TAG_RUN, TAG_TOOL, CleanupPolicy, Cloud,
+                                  Image, Instance, LaunchSpec, Pending, generate_keypair, isoformat, utcnow,
+                                  wait_for)
 from cislaves.clouds.local.images import ID, ImageStore, matches, slug, write_json
-from cislaves.config import Strict
+from cislaves.clouds.ssh import SSHSettings
 from cislaves.errors import CloudError
 
 log = logging.getLogger(__name__)
@@ -40,13 +41,34 @@ log = logging.getLogger(__name__)
 STOP_TIMEOUT = 30.0
 
 
-class Settings(Strict):
+# SSHSettings keys that have no meaning here: a machine is reached as root at its own address with a
+# login key made for it (they are rejected, so a setting never silently does nothing).
+UNUSED_SSH_KEYS = ("ssh_user", "ssh_port", "ssh_host", "ssh_interface", "ssh_bastion", "ssh_proxy_command",
+                   "ssh_key_pair", "ssh_private_key_file")
+
+
+class Settings(SSHSettings):
+    """clouds.local. Of the shared SSH block it honours launch_timeout (boot until sshd answers, the
+    old boot_timeout) and ssh_timeout (the sshd wait within it); image_timeout and destroy_timeout are
+    accepted and unused (an image is a rename; poweroff waits STOP_TIMEOUT, then kills)."""
+
+    DEPRECATED: ClassVar[dict[str, str]] = {"boot_timeout": "launch_timeout"}
+
     mirror: str | None = None  # default: the host's apt mirror for the suite, else the catalog's
     cache_dir: Path | None = None  # default: <data_dir>/local/cache
     subnet: str = "10.213.0.0/16"  # pool; every instance takes one /30 of it
-    boot_timeout: float = Field(60, gt=0)
+    launch_timeout: float = Field(60, gt=0)  # a machine answers SSH in about a second
+    ssh_timeout: float = Field(60, gt=0)
     build_timeout: float = Field(1800, gt=0)
     isolate: bool = True  # machines cannot open connections to the host or to each other
+
+    @field_validator(*UNUSED_SSH_KEYS)
+    @classmethod
+    def _unused(cls, value: Any) -> Any:
+        if value is not None:
+            raise ValueError("not used by the local cloud: it logs in as root at each machine's own "
+                             "address with a key made for that machine")
+        return value
 
     @field_validator("subnet")
     @classmethod
@@ -66,7 +88,7 @@ class LocalCloud(Cloud):
     capabilities = Capabilities(docker_inside=False)  # nspawn on overlayfs
     Settings = Settings
     ENV = {"mirror": "CISLAVES_LOCAL_MIRROR", "cache_dir": "CISLAVES_LOCAL_CACHE_DIR",
-           "subnet": "CISLAVES_LOCAL_SUBNET", "boot_timeout": "CISLAVES_LOCAL_BOOT_TIMEOUT",
+           "subnet": "CISLAVES_LOCAL_SUBNET", "launch_timeout": "CISLAVES_LOCAL_BOOT_TIMEOUT",
            "isolate": "CISLAVES_LOCAL_ISOLATE"}
 
     def __init__(self, settings: Any, data_dir: Path, name: str | None = None):
@@ -190,8 +212,11 @@ class LocalCloud(Cloud):
                 self._boot(meta)
         except BaseException:
             log.info("local: launch of %s failed; removing what it made", instance_id)
-            with contextlib.suppress(Exception):
+            try:
                 self.destroy(Instance.from_dict(meta))
+            except Exception as exc:  # the original error matters more; the leftovers stay findable
+                log.error("local: could not remove what the failed launch of %s made: %s (its metadata "
+                          "%s stays; run `fab cleanup:cloud=local`)", instance_id, exc, folder / "meta.json")
             raise
         return self.refresh(Instance.from_dict(meta))
 
@@ -204,7 +229,8 @@ class LocalCloud(Cloud):
         return Instance.from_dict(meta)
 
     def start(self, instance: Instance, timeout: float | None = None) -> Instance:
-        """Boot a stopped machine again (same disk, address and key); wait for its sshd."""
+        """Boot a stopped machine again (same disk, address and key); wait for its sshd (up to
+        `timeout`, default launch_timeout)."""
         with self._locked(instance.id):
             meta = self._meta(instance.id)
             if meta is None:
@@ -243,20 +269,24 @@ class LocalCloud(Cloud):
                     found.append(Instance.from_dict(meta))
         return [i for i in found if matches(i, i.tags, filters)]
 
-    def cleanup(self, keep_run_ids: set[str] = frozenset()) -> list[str]:
-        """Destroy this data dir's instances of runs not kept, then every orphaned host resource of the
-        tool (any data dir) whose instance directory no longer exists."""
+    def cleanup(self, policy: CleanupPolicy) -> list[str]:
+        """Destroy this data dir's machines that `policy` allows (their tags, owner included, are in
+        their metadata), and folders a crashed launch left without metadata; then every orphaned host
+        resource of the tool (any data dir) whose instance directory no longer exists."""
         removed = []
         if self.instances_dir.is_dir():
             for folder in sorted(p for p in self.instances_dir.iterdir() if p.is_dir() and ID.fullmatch(p.name)):
                 meta = self._meta(folder.name)
-                if meta is not None and meta.get("run_id") in keep_run_ids:
-                    continue
-                self.destroy(Instance.from_dict(meta) if meta else
-                             Instance(id=folder.name, cloud=self.name, name=folder.name, distribution="",
-                                      run_id=""))
-                removed.append(f"instance {folder.name}"
-                               + (f" (run {meta['run_id']})" if meta else " (no metadata)"))
+                if meta is None:  # meta.json is written right after mkdir: a launch died in between
+                    instance, why = Instance(id=folder.name, cloud=self.name, name=folder.name,
+                                             distribution="", run_id=""), "no metadata"
+                else:
+                    instance, why = Instance.from_dict(meta), policy.reason(meta.get("tags"))
+                    if why is None:
+                        continue
+                    why = f"run {instance.run_id}: {why}"
+                self.destroy(instance)
+                removed.append(f"instance {folder.name} ({why})")
         removed += host.sweep_orphans()
         self.store.collect_garbage()
         return removed
@@ -323,10 +353,11 @@ class LocalCloud(Cloud):
                         "fs.inotify.max_user_instances=1024`" if "Too many open files" in text else "")
                 raise CloudError(f"local: machine {meta['id']} exited during boot (status {status}; "
                                  f"log {folder / 'nspawn.log'}): {' / '.join(tail) or 'no output'}{hint}")
-            return host.ssh_banner(meta["address"], meta.get("port", 22))
+            return host.ssh_banner(meta["address"], meta.get("port", 22)) or Pending("no SSH banner yet")
 
+        timeout = timeout or self.settings.launch_timeout
         wait_for(ready, f"sshd of local machine {meta['id']} at {meta['address']}:22",
-                 timeout or self.settings.boot_timeout, first_delay=0.05, max_delay=0.25)
+                 min(timeout, self.settings.ssh_timeout), first_delay=0.05, max_delay=0.25)
         meta["state"] = "running"
         self._save(meta)
 

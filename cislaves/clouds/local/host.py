@@ -15,10 +15,10 @@ import subprocess
 from pathlib import Path
 from typing import Any, Iterator
 
-from cislaves.clouds.base import wait_for
+from cislaves.clouds.base import Pending, wait_for
 from cislaves.clouds.local import net
 from cislaves.clouds.local.net import run
-from cislaves.errors import CloudError
+from cislaves.errors import CloudError, WaitTimeout
 from cislaves.util import start_time
 
 log = logging.getLogger(__name__)
@@ -70,8 +70,8 @@ def remove_cgroups(name: str, timeout: float = 10) -> bool:
     """Kill what still runs in the machine's cgroups (its own processes only), then remove them."""
     paths = [root / CGROUP_PARENT / name for root in cgroup_roots() if (root / CGROUP_PARENT / name).is_dir()]
 
-    def empty() -> bool:
-        busy = False
+    def empty() -> bool | Pending:
+        left = []
         for path in paths:
             for folder, _, _ in os.walk(path, topdown=False):
                 pids = [int(p) for p in Path(folder, "cgroup.procs").read_text().split()] \
@@ -80,8 +80,8 @@ def remove_cgroups(name: str, timeout: float = 10) -> bool:
                     reap(pid)
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
-                busy = busy or bool(pids)
-        return not busy
+                left += pids
+        return Pending(f"{len(left)} process(es) left: {' '.join(map(str, left[:5]))}") if left else True
 
     if not paths:
         return False
@@ -140,8 +140,8 @@ def terminate(proc: dict[str, Any] | None, marker: str, timeout: float, what: st
         return False
     os.kill(int(proc["pid"]), signal.SIGTERM)
     try:
-        wait_for(lambda: not alive(proc, marker), f"{what} to power off", timeout, max_delay=0.25)
-    except CloudError:
+        wait_for(lambda: gone(proc, marker), f"{what} to power off", timeout, max_delay=0.25)
+    except WaitTimeout:
         log.warning("%s did not power off within %gs; killing it", what, timeout)
         kill(proc, marker, what)
     return True
@@ -152,8 +152,13 @@ def kill(proc: dict[str, Any] | None, marker: str, what: str, timeout: float = 3
     if not alive(proc, marker):
         return False
     os.kill(int(proc["pid"]), signal.SIGKILL)
-    wait_for(lambda: not alive(proc, marker), f"{what} to exit after SIGKILL", timeout, max_delay=0.1)
+    wait_for(lambda: gone(proc, marker), f"{what} to exit after SIGKILL", timeout, max_delay=0.1)
     return True
+
+
+def gone(proc: dict[str, Any], marker: str) -> bool | Pending:
+    """A wait_for probe: True once the recorded process has exited."""
+    return Pending(f"pid {proc['pid']} still running") if alive(proc, marker) else True
 
 
 def nspawn_processes() -> list[tuple[int, list[str]]]:
