@@ -14,6 +14,7 @@ DRIVERS: dict[str, tuple[str, str]] = {
     "openstack": ("cislaves.clouds.openstack", "OpenStackCloud"),
     "rackspace": ("cislaves.clouds.openstack", "OpenStackCloud"),
     "gce": ("cislaves.clouds.gce", "GCECloud"),
+    "static": ("cislaves.clouds.static", "StaticCloud"),
 }
 
 
