@@ -50,7 +50,7 @@ home, ws = os.path.expanduser("~" + sys.argv[1]), sys.argv[2]
 ws = os.path.join(home, ws)
 seen = set()
 with tarfile.open(fileobj=sys.stdout.buffer, mode="w|") as tar:
-    wanted = [("logs/**", os.path.join(home, "logs"), "logs")] + [
+    wanted = [("**", os.path.join(home, "logs"), "logs")] + [
         (p, "/" if p.startswith("/") else ws, "") for p in sys.argv[3:]]
     for pattern, base, prefix in wanted:
         full = pattern if pattern.startswith("/") else os.path.join(base, pattern)

@@ -160,7 +160,8 @@ def _git(argv: list[str], env: dict[str, str]) -> str:
     if done.returncode != 0:
         lines = (done.stderr or done.stdout).strip().splitlines()
         verb = next((a for a in argv if a in ("init", "fetch", "rev-parse", "clone", "checkout", "remote")), "")
-        raise WorkspaceError(f"git {verb} exited {done.returncode}: {lines[-1] if lines else 'no output'}")
+        said = next((line for line in lines if line.startswith(("fatal:", "error:"))), lines[-1] if lines else "")
+        raise WorkspaceError(f"git {verb} exited {done.returncode}: {said or 'no output'}")
     return done.stdout
 
 
