@@ -7,12 +7,12 @@ from typing import Any
 
 from cislaves.errors import ConfigError
 
-# name -> (module, class). rackspace is the OpenStack driver with Rackspace's defaults.
+# name -> (module, class). rackspace is a subclass of the OpenStack driver.
 DRIVERS: dict[str, tuple[str, str]] = {
     "local": ("cislaves.clouds.local", "LocalCloud"),
     "ec2": ("cislaves.clouds.ec2", "EC2Cloud"),
     "openstack": ("cislaves.clouds.openstack", "OpenStackCloud"),
-    "rackspace": ("cislaves.clouds.openstack", "OpenStackCloud"),
+    "rackspace": ("cislaves.clouds.openstack", "RackspaceCloud"),
     "gce": ("cislaves.clouds.gce", "GCECloud"),
     "static": ("cislaves.clouds.static", "StaticCloud"),
 }

@@ -19,13 +19,27 @@ SEED_IMAGES = [
 ]
 
 
-@pytest.fixture
-def fake():
-    cloud = FakeOpenStack()
+RACKSPACE_REGIONS = ["DFW", "ORD", "IAD"]  # the catalog lists them in a different order per service
+
+
+def seeded(cloud: FakeOpenStack):
     with cloud:
         for name, created, status in SEED_IMAGES:
             cloud.add_image(name, status=status, created_at=created)
         yield cloud
+
+
+@pytest.fixture
+def fake():
+    """A devstack-like cloud: Keystone v3, unversioned Glance/Neutron URLs, one region."""
+    yield from seeded(FakeOpenStack())
+
+
+@pytest.fixture
+def rax():
+    """A cloud answering as Rackspace does: v2.0 API-key tokens with RAX-AUTH:defaultRegion (DFW, listed
+    second for compute), versioned catalog URLs, legacy v2 compute, no floating IPs."""
+    yield from seeded(FakeOpenStack(rackspace=True, regions=RACKSPACE_REGIONS, default_region="DFW"))
 
 
 def openstack_env(fake) -> dict[str, str]:
@@ -33,16 +47,21 @@ def openstack_env(fake) -> dict[str, str]:
             "OS_PROJECT_NAME": fake.project, "OS_REGION_NAME": fake.region}
 
 
-FAST = {"launch_timeout": 20, "image_timeout": 20, "delete_timeout": 20, "api_deadline": 5}
+def rackspace_env(fake) -> dict[str, str]:
+    """As the seed ran: identity v2.0, username and API key, no region (the account's default)."""
+    return {"OS_AUTH_URL": fake.url + "/identity/v2.0/", "OS_USERNAME": fake.username,
+            "RACKSPACE_API_KEY": fake.api_key}
 
 
-@pytest.fixture
-def make_cloud(fake, tmp_path):
-    """make_cloud(name="openstack", env=None, **section) -> a driver built through config and registry."""
+FAST = {"launch_timeout": 20, "image_timeout": 20, "destroy_timeout": 20, "api_deadline": 5}
+
+
+def drivers(fake, tmp_path):
+    """make(name="openstack", env=None, **section) -> a driver built through config and registry."""
     made = []
 
     def make(name="openstack", env=None, **section):
-        environ = openstack_env(fake) if env is None else env
+        environ = (rackspace_env(fake) if fake.rackspace else openstack_env(fake)) if env is None else env
         data = {"data_dir": str(tmp_path / "data"), "clouds": {name: {**FAST, **section}}}
         driver = clouds.get(name, config.Config(data, None, environ))
         made.append(driver)
@@ -51,6 +70,16 @@ def make_cloud(fake, tmp_path):
     yield make
     for driver in made:
         driver.close()
+
+
+@pytest.fixture
+def make_cloud(fake, tmp_path):
+    yield from drivers(fake, tmp_path)
+
+
+@pytest.fixture
+def make_rax(rax, tmp_path):
+    yield from drivers(rax, tmp_path)
 
 
 @pytest.fixture

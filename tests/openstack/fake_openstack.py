@@ -1,25 +1,41 @@
 """A fake OpenStack cloud on 127.0.0.1: Keystone v3 (and v2.0 for Rackspace API keys), Nova 2.1,
-Glance v2 and the few Neutron v2.0 calls the driver makes, speaking the real wire format.
+Glance v2 and the Neutron v2.0 calls the driver makes, speaking the real wire format.
+
+Every service answers below `/<region>/` for each of `regions` (one shared state; the region of each
+request is recorded). `rackspace=True` answers as Rackspace does: a v2.0 token naming the default
+region, versioned catalog URLs, a legacy v2 compute API without microversions, createImage without
+a Location header, public + ServiceNet attached to every server, accessIPv4, no floating IPs.
+Otherwise it is a devstack-like cloud: an external `public` network, a `private` one routed to it,
+409 NetworkAmbiguous when a server could go on several networks, floating IPs only on routed ports.
 
 State changes by poll count: a server answers BUILD for `build_polls` reads, then ACTIVE (or ERROR
 with a fault when one is injected); a snapshot image goes queued -> saving -> active (or killed);
-deletes and stop/start take `settle_polls` reads. Faults are injected per request
-(`fail_next(method, path_regex, status, retry_after=...)`) or per resource (`server_error`,
-`image_killed`). Every request is recorded in `requests` as (method, path, status).
+deletes and stop/start take `settle_polls` reads. Lists page as Nova (`limit`/`marker`,
+`servers_links`) and Glance (`next`) do. Faults are injected per request (`fail_next(method,
+path_regex, status, retry_after=...)`, `retry_after` in seconds or `retry_at=` seconds ahead as an
+HTTP date) or per resource (`server_error`, `image_killed`). Every request is recorded in
+`requests` as (method, path below the region, status) and its region in `regions_seen`.
 """
 from __future__ import annotations
 
 import _thread
+import email.utils
 import itertools
 import json
 import re
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+from tests.openstack import fake_identity
 
 TIME = "2026-01-01T00:00:00Z"
+PUBLIC, PRIVATE = "00000000-0000-0000-0000-000000000000", "11111111-1111-1111-1111-111111111111"
+NOVA_MAX = "2.96"
+COMPUTE = re.compile(r"^/compute/v2(\.1)?(/[0-9a-f]{32})?(?=/|$)")
 
 
 @dataclass
@@ -29,6 +45,7 @@ class Fault:
     status: int
     retry_after: str | None
     times: int
+    retry_at: float | None = None  # seconds ahead, sent as an HTTP date
 
 
 class FakeOpenStack:
@@ -36,13 +53,19 @@ class FakeOpenStack:
 
     def __init__(self, username="demo", password="secret", project="demo", region="RegionOne",
                  api_key="rax-key", build_polls=2, image_polls=2, settle_polls=1, page_size=3,
-                 access_ipv4=False):
-        self.username, self.password, self.project, self.region = username, password, project, region
+                 server_page_size=3, access_ipv4=False, rackspace=False, regions=None, default_region=None):
+        self.username, self.password, self.project = username, password, project
+        self.regions = list(regions or [region])
+        self.region = self.regions[0] if regions else region  # what openstack_env names (OS_REGION_NAME)
+        self.default_region = default_region or self.regions[0]
         self.api_key = api_key
         self.project_id = uuid.uuid4().hex
         self.build_polls, self.image_polls, self.settle_polls = build_polls, image_polls, settle_polls
-        self.page_size = page_size
-        self.access_ipv4 = access_ipv4
+        self.page_size, self.server_page_size = page_size, server_page_size
+        self.rackspace = rackspace
+        self.access_ipv4 = access_ipv4 or rackspace
+        self.image_location = not rackspace  # Rackspace may answer createImage without a Location
+        self.regions_seen: list[str] = []
         self.lock = threading.RLock()
         self.tokens: set[str] = set()
         self.servers: dict[str, dict] = {}
@@ -53,18 +76,17 @@ class FakeOpenStack:
         self.flavors = {"2": {"id": "2", "name": "m1.small", "ram": 2048, "vcpus": 1, "disk": 20},
                         "general1-2": {"id": "general1-2", "name": "2 GB General Purpose v1",
                                        "ram": 2048, "vcpus": 2, "disk": 40}}
-        self.networks = {
-            "00000000-0000-0000-0000-000000000000": {"id": "00000000-0000-0000-0000-000000000000",
-                                                     "name": "public", "router:external": True},
-            "11111111-1111-1111-1111-111111111111": {"id": "11111111-1111-1111-1111-111111111111",
-                                                     "name": "private", "router:external": False},
-        }
+        self.networks: dict[str, dict] = {}
+        self.routers: dict[str, dict] = {}
+        self._ips = itertools.count(10)
+        self._seq = itertools.count()
+        self.add_network("public", external=not rackspace, net_id=PUBLIC)
+        self.add_network("private", net_id=PRIVATE, router_to=None if rackspace else "public")
         self.faults: list[Fault] = []
         self.server_faults: list[str] = []  # next servers go to ERROR with these messages
         self.image_faults: list[str] = []  # next snapshots end in these states (killed, deleted, gone)
         self.requests: list[tuple[str, str, int]] = []
         self.interrupts: list[tuple[str, re.Pattern]] = []  # requests that send SIGINT to the client
-        self._ips = itertools.count(10)
         self.httpd: ThreadingHTTPServer | None = None
         self.thread: threading.Thread | None = None
 
@@ -116,10 +138,27 @@ class FakeOpenStack:
             self.keypairs[name] = {"name": name, "public_key": public_key, "fingerprint": "00:11",
                                    "type": "ssh", "user_id": "u"}
 
-    def fail_next(self, method, path, status, retry_after=None, times=1) -> None:
-        """Answer the next `times` requests matching method and path regex with `status`."""
+    def add_network(self, name, external=False, router_to=None, net_id=None) -> str:
+        """A network with one subnet; `router_to`: a router links it to that (external) network."""
+        net_id = net_id or str(uuid.uuid4())
         with self.lock:
-            self.faults.append(Fault(method, re.compile(path), status, retry_after, times))
+            self.networks[net_id] = {"id": net_id, "name": name, "router:external": external, "shared": False,
+                                     "status": "ACTIVE", "admin_state_up": True, "subnets": [str(uuid.uuid4())],
+                                     "tenant_id": self.project_id, "project_id": self.project_id}
+            if router_to:
+                gateway = next(n["id"] for n in self.networks.values() if n["name"] == router_to)
+                router_id = str(uuid.uuid4())
+                self.routers[router_id] = {"id": router_id, "name": f"router-{name}", "status": "ACTIVE",
+                                           "external_gateway_info": {"network_id": gateway, "enable_snat": True},
+                                           "project_id": self.project_id}
+                self._add_port(router_id, net_id, "network:router_interface")
+        return net_id
+
+    def fail_next(self, method, path, status, retry_after=None, times=1, retry_at=None) -> None:
+        """Answer the next `times` requests matching method and path regex with `status` (and a
+        Retry-After of `retry_after` seconds, or the HTTP date `retry_at` seconds from the answer)."""
+        with self.lock:
+            self.faults.append(Fault(method, re.compile(path), status, retry_after, times, retry_at))
 
     def interrupt_on(self, method, path) -> None:
         """Deliver a KeyboardInterrupt to the main thread (the client) when this request arrives."""
@@ -183,21 +222,28 @@ class FakeOpenStack:
             if port["device_id"] != server["id"]:
                 continue
             net = self.networks[port["network_id"]]["name"]
-            addresses.setdefault(net, []).append({"addr": port["ip"], "version": 4, "OS-EXT-IPS:type": "fixed"})
+            addresses.setdefault(net, []).append({"addr": port["ip"], "version": 4, "OS-EXT-IPS:type": "fixed",
+                                                  "OS-EXT-IPS-MAC:mac_addr": port["mac_address"]})
+            if self.rackspace and net == "public":  # Rackspace lists IPv6 next to IPv4 on public
+                addresses[net].append({"addr": f"2001:db8::{port['ip'].rsplit('.', 1)[-1]}", "version": 6})
             for fip in self.floatingips.values():
                 if fip["port_id"] == port["id"]:
                     addresses[net].append({"addr": fip["floating_ip_address"], "version": 4,
                                            "OS-EXT-IPS:type": "floating"})
-        view["addresses"] = addresses if server["status"] != "BUILD" else {}
-        if self.access_ipv4 and "public" in addresses and server["status"] != "BUILD":
-            view["accessIPv4"] = addresses["public"][0]["addr"]
+        building = server["status"] == "BUILD"
+        view["addresses"] = addresses if not building else {}
+        if self.access_ipv4 and not building:
+            view["accessIPv4"] = server["_access_ipv4"]
         return view
 
-    def new_server(self, body: dict) -> tuple[int, dict]:
+    def new_server(self, body: dict, microversion) -> tuple[int, dict]:
         req = body.get("server") or {}
         name, image_ref, flavor_ref = req.get("name"), req.get("imageRef"), req.get("flavorRef")
         if not name or not image_ref or not flavor_ref:
             return 400, _nova_error(400, "name, imageRef and flavorRef are required")
+        if microversion >= (2, 37) and "networks" not in req:
+            return 400, _nova_error(400, "Invalid input for field/attribute server. Value: ... "
+                                         "'networks' is a required property")
         image = self.images.get(image_ref)
         if not image or image["status"] != "active":
             return 400, _nova_error(400, f"Can not find requested image {image_ref}")
@@ -209,13 +255,18 @@ class FakeOpenStack:
         meta = req.get("metadata") or {}
         if any(not isinstance(v, str) or len(k) > 255 or len(v) > 255 for k, v in meta.items()):
             return 400, _nova_error(400, "Invalid input for field/attribute metadata.")
-        requested = req.get("networks")  # absent/"auto": every network; "none": no NIC; a list of {"uuid"}
+        requested = req.get("networks")  # absent/"auto": Nova chooses; "none": no NIC; a list of {"uuid"}
         if requested == "none":
             nets = []
         elif isinstance(requested, list) and requested:
             nets = [n.get("uuid") for n in requested if isinstance(n, dict)]
-        else:
-            nets = ["00000000-0000-0000-0000-000000000000", "11111111-1111-1111-1111-111111111111"]
+        elif self.rackspace:
+            nets = [PUBLIC, PRIVATE]  # Rackspace: PublicNet and ServiceNet unless told otherwise
+        else:  # Nova's allocate_for_instance: the project's networks (external ones are not candidates)
+            nets = [n["id"] for n in self.networks.values() if not n["router:external"]]
+            if len(nets) > 1:
+                return 409, _nova_error(409, "Multiple possible networks found, use a Network ID to be more "
+                                             "specific.", "conflictingRequest")
         for net in nets:
             if net not in self.networks:
                 return 400, _nova_error(400, f"Network {net} could not be found.")
@@ -225,17 +276,22 @@ class FakeOpenStack:
             "image": {"id": image_ref}, "flavor": {"id": flavor_ref}, "accessIPv4": "", "accessIPv6": "",
             "created": TIME, "updated": TIME, "tenant_id": self.project_id, "user_id": "u",
             "OS-EXT-STS:task_state": "spawning", "OS-EXT-STS:vm_state": "building",
-            "_polls": 0, "_deleting": None, "_target": None, "_settle": 0,
+            "_polls": 0, "_deleting": None, "_target": None, "_settle": 0, "_seq": next(self._seq),
+            "_access_ipv4": f"203.0.113.{next(self._ips)}",
             "_fault": self.server_faults.pop(0) if self.server_faults else None,
         }
         for net in nets:
-            port_id = str(uuid.uuid4())
-            self.ports[port_id] = {"id": port_id, "device_id": server_id, "network_id": net,
-                                   "ip": f"192.0.2.{next(self._ips)}",
-                                   "fixed_ips": []}
-            self.ports[port_id]["fixed_ips"] = [{"ip_address": self.ports[port_id]["ip"]}]
+            self._add_port(server_id, net, "compute:nova")
         return 202, {"server": {"id": server_id, "links": [], "adminPass": "x",
                                 "OS-DCF:diskConfig": "AUTO", "security_groups": [{"name": "default"}]}}
+
+    def _add_port(self, device_id: str, net_id: str, owner: str) -> dict:
+        port_id = str(uuid.uuid4())
+        ip = f"192.0.2.{next(self._ips)}"
+        self.ports[port_id] = {"id": port_id, "device_id": device_id, "device_owner": owner, "network_id": net_id,
+                               "ip": ip, "status": "ACTIVE", "mac_address": f"fa:16:3e:00:00:{len(self.ports):02x}",
+                               "fixed_ips": [{"subnet_id": self.networks[net_id]["subnets"][0], "ip_address": ip}]}
+        return self.ports[port_id]
 
     def server_action(self, server: dict, body: dict) -> tuple[int, dict | None, dict]:
         if "createImage" in body:
@@ -247,7 +303,9 @@ class FakeOpenStack:
             image_id = self.add_image(req["name"], status="queued", instance_uuid=server["id"],
                                       image_type="snapshot", base_image_ref=server["image"]["id"], **meta)
             self.images[image_id]["_end"] = self.image_faults.pop(0) if self.image_faults else "active"
-            return 202, None, {"Location": f"{self.url}/image/v2/images/{image_id}"}
+            headers = {"Location": f"{self.url}/{self.regions[0]}/image/v2/images/{image_id}"} \
+                if self.image_location else {}
+            return 202, None, headers
         if "os-stop" in body or "os-start" in body:
             want = "SHUTOFF" if "os-stop" in body else "ACTIVE"
             if server["status"] == want or server["_target"] == want:
@@ -257,11 +315,21 @@ class FakeOpenStack:
             return 202, None, {}
         return 400, _nova_error(400, f"Unsupported action {sorted(body)}"), {}
 
+    def routed(self, net_id: str, external: str) -> bool:
+        """Whether a router with its gateway on `external` has an interface on `net_id`."""
+        gateways = {r["id"] for r in self.routers.values()
+                    if (r.get("external_gateway_info") or {}).get("network_id") == external}
+        return any(p["device_id"] in gateways and p["network_id"] == net_id for p in self.ports.values())
+
 
 def _nova_error(code, message, kind=None):
-    kind = kind or {400: "badRequest", 404: "itemNotFound", 409: "conflictingRequest",
+    kind = kind or {400: "badRequest", 404: "itemNotFound", 406: "computeFault", 409: "conflictingRequest",
                     413: "overLimit", 429: "overLimit"}.get(code, "computeFault")
     return {kind: {"code": code, "message": message}}
+
+
+def _neutron_error(kind, message):
+    return {"NeutronError": {"type": kind, "message": message, "detail": ""}}
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -286,7 +354,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, status, body=None, headers=None):
         data = json.dumps(body).encode() if body is not None else b""
-        self.cloud.requests.append((self.command, self.path, status))  # before the client can see the answer
+        self.cloud.requests.append((self.command, self._path, status))  # before the client can see the answer
         self.send_response(status)
         if body is not None:
             self.send_header("Content-Type", "application/json")
@@ -299,18 +367,27 @@ class _Handler(BaseHTTPRequestHandler):
     def _dispatch(self, method):
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
+        cloud = self.cloud
+        split = urlsplit(self.path)
+        region, _, rest = split.path.lstrip("/").partition("/")
+        if region in cloud.regions:
+            self._path = "/" + rest + (f"?{split.query}" if split.query else "")
+        else:
+            region, self._path = None, self.path
         try:
             body = json.loads(raw) if raw else {}
         except ValueError:
             return self._send(400, _nova_error(400, "malformed JSON"))
-        split = urlsplit(self.path)
-        path, query = split.path.rstrip("/") or "/", parse_qs(split.query)
-        cloud = self.cloud
+        path, query = urlsplit(self._path).path.rstrip("/") or "/", parse_qs(split.query)
         with cloud.lock:
+            if region:
+                cloud.regions_seen.append(region)
             for fault in cloud.faults:
                 if fault.times > 0 and fault.method == method and fault.path.search(path):
                     fault.times -= 1
                     headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
+                    if fault.retry_at is not None:
+                        headers["Retry-After"] = email.utils.formatdate(time.time() + fault.retry_at, usegmt=True)
                     return self._send(fault.status, _nova_error(fault.status, "injected fault"), headers)
             for hook in list(cloud.interrupts):
                 if hook[0] == method and hook[1].search(path):
@@ -321,13 +398,18 @@ class _Handler(BaseHTTPRequestHandler):
             if self.headers.get("X-Auth-Token") not in cloud.tokens:
                 return self._send(401, {"error": {"code": 401, "message": "The request you have made "
                                                   "requires authentication."}})
-            for prefix, handler in (("/compute/v2.1", self._compute), ("/image", self._image),
-                                    ("/network", self._network)):
-                if path.startswith(prefix):
-                    return handler(method, path[len(prefix):] or "/", query, body)
+            if region:
+                compute = COMPUTE.match(path)
+                if compute:
+                    return self._compute(method, path[compute.end():] or "/", query, body, compute)
+                for prefix, handler in (("/image", self._image), ("/network", self._network)):
+                    if path.startswith(prefix):
+                        return handler(method, path[len(prefix):] or "/", query, body)
             return self._send(404, _nova_error(404, f"no such path {path}"))
 
     def _microversion(self) -> tuple[int, int]:
+        if self.cloud.rackspace:
+            return (2, 0)  # a legacy v2 API: no microversions, the headers are ignored
         value = self.headers.get("X-OpenStack-Nova-API-Version") or \
             (self.headers.get("OpenStack-API-Version") or "compute 2.1").split()[-1]
         major, _, minor = value.partition(".")
@@ -343,68 +425,30 @@ class _Handler(BaseHTTPRequestHandler):
         if method == "GET" and path == "/v3":
             return self._send(200, {"version": v3})
         if method == "POST" and path == "/v3/auth/tokens":
-            ident = body.get("auth", {}).get("identity", {})
-            pw = ident.get("password", {}).get("user", {})
-            appcred = ident.get("application_credential", {})
-            ok = (pw.get("name") == cloud.username and pw.get("password") == cloud.password) or \
-                (appcred.get("id") == "appcred-id" and appcred.get("secret") == cloud.password)
-            if not ok:
-                return self._send(401, {"error": {"code": 401, "message": "The request you have made "
-                                                  "requires authentication.", "title": "Unauthorized"}})
-            token_id = uuid.uuid4().hex
-            cloud.tokens.add(token_id)
-            token = {"token": {
-                "methods": ["password"], "expires_at": "2099-01-01T00:00:00.000000Z", "issued_at": TIME,
-                "user": {"id": "u", "name": cloud.username, "domain": {"id": "default", "name": "Default"}},
-                "project": {"id": cloud.project_id, "name": cloud.project,
-                            "domain": {"id": "default", "name": "Default"}},
-                "roles": [{"id": "r", "name": "member"}], "audit_ids": [uuid.uuid4().hex],
-                "catalog": [{"type": kind, "name": kind, "id": kind,
-                             "endpoints": [{"id": kind + "-public", "interface": "public", "url": url,
-                                            "region": cloud.region, "region_id": cloud.region}]}
-                            for kind, url in self._endpoints()]}}
-            return self._send(201, token, {"X-Subject-Token": token_id})
+            return self._send(*fake_identity.v3_token(cloud, body))
         if method == "POST" and path == "/v2.0/tokens":
-            auth = body.get("auth", {})
-            rax = auth.get("RAX-KSKEY:apiKeyCredentials", {})
-            pw = auth.get("passwordCredentials", {})
-            ok = (rax.get("username") == cloud.username and rax.get("apiKey") == cloud.api_key) or \
-                (pw.get("username") == cloud.username and pw.get("password") == cloud.password)
-            if not ok:
-                return self._send(401, {"unauthorized": {"code": 401, "message": "Username or api key "
-                                                         "is invalid."}})
-            token_id = uuid.uuid4().hex
-            cloud.tokens.add(token_id)
-            token = {"access": {
-                "token": {"id": token_id, "expires": "2099-01-01T00:00:00Z",
-                          "tenant": {"id": cloud.project_id, "name": cloud.project}},
-                "user": {"id": "u", "name": cloud.username, "roles": [{"name": "member"}]},
-                "serviceCatalog": [{"type": kind, "name": kind,
-                                    "endpoints": [{"publicURL": url, "region": cloud.region,
-                                                   "tenantId": cloud.project_id}]}
-                                   for kind, url in self._endpoints()]}}
-            return self._send(200, token)
+            return self._send(*fake_identity.v2_token(cloud, body))
         return self._send(404, {"error": {"code": 404, "message": "not found"}})
 
-    def _endpoints(self):
-        base = self.cloud.url
-        return [("compute", base + "/compute/v2.1"), ("image", base + "/image"), ("network", base + "/network")]
-
     # -- Nova -------------------------------------------------------------------------------
-    def _compute(self, method, path, query, body):
+    def _compute(self, method, path, query, body, prefix):
         cloud = self.cloud
         parts = path.strip("/").split("/")
+        if parts == [""] and method == "GET":  # the version document
+            if cloud.rackspace:
+                return self._send(200, {"version": {"id": "v2.0", "status": "CURRENT", "version": "",
+                                                    "min_version": "", "updated": "2011-01-21T11:33:21Z"}})
+            return self._send(200, {"version": {"id": "v2.1", "status": "CURRENT", "version": NOVA_MAX,
+                                                "min_version": "2.1", "updated": "2013-07-23T11:33:21Z"}})
+        wanted = self._microversion()
+        if wanted > tuple(int(p) for p in NOVA_MAX.split(".")):
+            return self._send(406, _nova_error(406, f"Version {wanted[0]}.{wanted[1]} is not supported by the "
+                                                    f"API. Minimum is 2.1 and maximum is {NOVA_MAX}."))
         if parts[0] == "servers":
-            if method == "GET" and len(parts) == 2 and parts[1] == "detail" or method == "GET" and len(parts) == 1:
-                views = [cloud.server_view(s) for s in list(cloud.servers.values()) if cloud.tick_server(s)]
-                name = (query.get("name") or [None])[0]
-                if name:
-                    views = [v for v in views if re.search(name, v["name"])]
-                return self._send(200, {"servers": views})
+            if method == "GET" and (parts[1:] == ["detail"] or len(parts) == 1):
+                return self._server_list(query, prefix)
             if method == "POST" and len(parts) == 1:
-                if self._microversion() >= (2, 37) and "networks" not in (body.get("server") or {}):
-                    return self._send(400, _nova_error(400, "Invalid input: 'networks' is a required property"))
-                status, reply = cloud.new_server(body)
+                status, reply = cloud.new_server(body, wanted)
                 return self._send(status, reply)
             server = cloud.servers.get(parts[1]) if len(parts) > 1 else None
             if server is None or cloud.tick_server(server) is None:
@@ -419,7 +463,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._send(204)
             if method == "POST" and parts[2:] == ["action"]:
                 status, reply, headers = cloud.server_action(server, body)
-                if "Location" in headers and self._microversion() >= (2, 45):
+                if "Location" in headers and wanted >= (2, 45):
                     reply, headers = {"image_id": headers["Location"].rsplit("/", 1)[-1]}, {}
                 return self._send(status, reply, headers)
         if parts[0] == "flavors":
@@ -445,16 +489,32 @@ class _Handler(BaseHTTPRequestHandler):
                     return self._send(202)
                 return self._send(200, {"keypair": cloud.keypairs[parts[1]]})
             return self._send(404, _nova_error(404, f"Keypair {parts[-1]} not found."))
-        if parts[0] == "images" and method == "GET":  # the deprecated image proxy: images by name
-            images = [_nova_image(i) for i in cloud.images.values()]
-            if parts[1:] in ([], ["detail"]):
-                name = (query.get("name") or [None])[0]
-                return self._send(200, {"images": [i for i in images if not name or i["name"] == name]})
-            found = [i for i in images if i["id"] == parts[1]]
-            if found:
-                return self._send(200, {"image": found[0]})
-            return self._send(404, _nova_error(404, "Image not found."))
         return self._send(404, _nova_error(404, f"no such compute path {path}"))
+
+    def _server_list(self, query, prefix):
+        """Nova's paging: newest first, at most `server_page_size` per page (or `limit`), and a
+        servers_links rel=next (carrying the marker) whenever a page is full."""
+        cloud = self.cloud
+        servers = sorted((s for s in list(cloud.servers.values()) if cloud.tick_server(s)),
+                         key=lambda s: s["_seq"], reverse=True)
+        name = (query.get("name") or [None])[0]
+        views = [cloud.server_view(s) for s in servers if not name or re.search(name, s["name"])]
+        marker = (query.get("marker") or [None])[0]
+        if marker:
+            ids = [v["id"] for v in views]
+            if marker not in ids:
+                return self._send(400, _nova_error(400, f"marker [{marker}] not found"))
+            views = views[ids.index(marker) + 1:]
+        limit = min(int((query.get("limit") or [cloud.server_page_size])[0]), cloud.server_page_size)
+        page = views[:limit]
+        reply: dict = {"servers": page}
+        if page and len(page) == limit:
+            params = {k: v[0] for k, v in query.items() if k != "marker"}
+            params.update(limit=limit, marker=page[-1]["id"])
+            region = self.path.lstrip("/").split("/", 1)[0]
+            reply["servers_links"] = [{"rel": "next", "href": f"{cloud.url}/{region}{prefix.group(0)}/servers/"
+                                                              f"detail?{urlencode(params)}"}]
+        return self._send(200, reply)
 
     # -- Glance -----------------------------------------------------------------------------
     def _image(self, method, path, query, body):
@@ -475,9 +535,9 @@ class _Handler(BaseHTTPRequestHandler):
             page = images[:limit]
             reply = {"images": [_glance_view(i) for i in page], "schema": "/v2/schemas/images",
                      "first": "/v2/images"}
-            if len(images) > limit:
-                extra = "".join(f"&{k}={v[0]}" for k, v in query.items() if k not in ("marker", "limit"))
-                reply["next"] = f"/v2/images?limit={limit}&marker={page[-1]['id']}{extra}"
+            if len(images) > limit:  # Glance's next link: the request's filters, the limit and the marker
+                params = {k: v[0] for k, v in query.items() if k not in ("marker", "limit")}
+                reply["next"] = f"/v2/images?{urlencode({**params, 'limit': limit, 'marker': page[-1]['id']})}"
             return self._send(200, reply)
         match = re.fullmatch(r"/v2/images/([^/]+)", path)
         image = cloud.images.get(match.group(1)) if match else None
@@ -494,50 +554,61 @@ class _Handler(BaseHTTPRequestHandler):
     # -- Neutron ----------------------------------------------------------------------------
     def _network(self, method, path, query, body):
         cloud = self.cloud
-        if method == "GET" and path == "/v2.0/networks":
+        if not path.startswith("/v2.0/"):
+            return self._send(404, {"NeutronError": {"type": "HTTPNotFound", "message": f"{path} not found",
+                                                     "detail": ""}})
+        path = path[len("/v2.0"):]
+        if method == "GET" and path == "/extensions":
+            aliases = ["external-net", "quotas", "security-group"] + ([] if cloud.rackspace else ["router"])
+            return self._send(200, {"extensions": [{"alias": a, "name": a, "description": a, "updated": TIME,
+                                                    "links": []} for a in aliases]})
+        if method == "GET" and path == "/networks":
             nets = [n for n in cloud.networks.values()
                     if all(str(n.get(k)) == v[0] for k, v in query.items() if k in ("name", "id"))]
             return self._send(200, {"networks": nets})
-        if method == "GET" and path == "/v2.0/ports":
+        if method == "GET" and path == "/ports":
             device = (query.get("device_id") or [None])[0]
             ports = [{k: v for k, v in p.items() if k != "ip"} for p in cloud.ports.values()
                      if device is None or p["device_id"] == device]
             return self._send(200, {"ports": ports})
-        if method == "GET" and path == "/v2.0/floatingips":
+        if cloud.rackspace and (path.startswith("/floatingips") or path.startswith("/routers")):
+            return self._send(404, {"NeutronError": {"type": "HTTPNotFound", "message": "The resource could "
+                                                     "not be found.", "detail": ""}})
+        if method == "GET" and path == "/routers":
+            return self._send(200, {"routers": list(cloud.routers.values())})
+        if method == "GET" and path == "/floatingips":
             return self._send(200, {"floatingips": list(cloud.floatingips.values())})
-        if method == "POST" and path == "/v2.0/floatingips":
-            req = body.get("floatingip") or {}
-            if req.get("floating_network_id") not in cloud.networks:
-                return self._send(404, {"NeutronError": {"type": "NetworkNotFound", "message": "Network "
-                                        f"{req.get('floating_network_id')} could not be found.", "detail": ""}})
-            port = cloud.ports.get(req.get("port_id") or "")
-            fip_id = str(uuid.uuid4())
-            cloud.floatingips[fip_id] = {
-                "id": fip_id, "floating_network_id": req["floating_network_id"],
-                "floating_ip_address": f"198.51.100.{next(cloud._ips)}", "description": req.get("description", ""),
-                "port_id": port["id"] if port else None, "fixed_ip_address": port["ip"] if port else None,
-                "status": "ACTIVE" if port else "DOWN", "project_id": cloud.project_id}
-            return self._send(201, {"floatingip": cloud.floatingips[fip_id]})
-        match = re.fullmatch(r"/v2.0/floatingips/([^/]+)", path)
+        if method == "POST" and path == "/floatingips":
+            return self._new_floating_ip(body.get("floatingip") or {})
+        match = re.fullmatch(r"/floatingips/([^/]+)", path)
         if match and match.group(1) in cloud.floatingips:
             if method == "DELETE":
                 del cloud.floatingips[match.group(1)]
                 return self._send(204)
             return self._send(200, {"floatingip": cloud.floatingips[match.group(1)]})
-        return self._send(404, {"NeutronError": {"type": "HTTPNotFound", "message": f"{path} not found",
-                                                 "detail": ""}})
+        return self._send(404, _neutron_error("HTTPNotFound", f"{path} not found"))
+
+    def _new_floating_ip(self, req):
+        cloud = self.cloud
+        external = req.get("floating_network_id")
+        if external not in cloud.networks:
+            return self._send(404, _neutron_error("NetworkNotFound", f"Network {external} could not be found."))
+        port = cloud.ports.get(req.get("port_id") or "")
+        if port and not cloud.routed(port["network_id"], external):
+            return self._send(404, _neutron_error(
+                "ExternalGatewayForFloatingIPNotFound",
+                f"External network {external} is not reachable from subnet {port['fixed_ips'][0]['subnet_id']}.  "
+                f"Therefore, cannot associate Port {port['id']} with a Floating IP."))
+        fip_id = str(uuid.uuid4())
+        cloud.floatingips[fip_id] = {
+            "id": fip_id, "floating_network_id": external, "router_id": None,
+            "floating_ip_address": f"198.51.100.{next(cloud._ips)}", "description": req.get("description", ""),
+            "port_id": port["id"] if port else None, "fixed_ip_address": port["ip"] if port else None,
+            "status": "ACTIVE" if port else "DOWN", "project_id": cloud.project_id}
+        return self._send(201, {"floatingip": cloud.floatingips[fip_id]})
 
 
 def _glance_view(image: dict) -> dict:
     view = {k: v for k, v in image.items() if not k.startswith("_")}
     view.update(self=f"/v2/images/{image['id']}", file=f"/v2/images/{image['id']}/file", schema="/v2/schemas/image")
     return view
-
-
-def _nova_image(image: dict) -> dict:
-    status = {"active": "ACTIVE", "queued": "SAVING", "saving": "SAVING", "killed": "ERROR"}.get(
-        image["status"], "UNKNOWN")
-    meta = {k: v for k, v in image.items() if k not in ("id", "name", "status", "created_at", "updated_at")
-            and not k.startswith("_") and isinstance(v, str)}
-    return {"id": image["id"], "name": image["name"], "status": status, "created": image["created_at"],
-            "updated": image["updated_at"], "metadata": meta, "minDisk": 0, "minRam": 0, "progress": 100}

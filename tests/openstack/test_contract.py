@@ -1,5 +1,5 @@
-"""The shared driver contract, for `openstack` (Keystone v3 password) and `rackspace` (identity v2.0
-with an API key, Rackspace defaults), both against the fake cloud."""
+"""The shared driver contract, for `openstack` (Keystone v3 password, a devstack-like fake) and
+`rackspace` (identity v2.0 with an API key against a fake answering as Rackspace does)."""
 import pytest
 
 from tests.contract import CloudContract
@@ -17,10 +17,17 @@ class TestOpenStackContract(CloudContract):
         assert leftovers(fake) == NOTHING
 
 
-class TestRackspaceContract(TestOpenStackContract):
+class TestRackspaceContract(CloudContract):
     @pytest.fixture
-    def cloud(self, make_cloud, fake):
-        fake.region = "DFW"
-        env = {"OS_AUTH_URL": fake.url + "/identity/v2.0/", "OS_USERNAME": fake.username,
-               "RACKSPACE_API_KEY": fake.api_key}
-        return make_cloud("rackspace", env=env, flavor="general1-2")
+    def distribution(self, debian12):
+        return debian12
+
+    @pytest.fixture
+    def cloud(self, make_rax):
+        return make_rax("rackspace")
+
+    @pytest.fixture(autouse=True)
+    def nothing_left(self, rax):
+        yield
+        assert leftovers(rax) == NOTHING
+        assert set(rax.regions_seen) == {"DFW"}  # the token's default region, for every service

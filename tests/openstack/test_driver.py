@@ -6,9 +6,10 @@ from pathlib import Path
 import pytest
 
 from cislaves import distros
-from cislaves.clouds.base import TAG_RUN, generate_keypair, public_key_of, standard_tags
+from cislaves.clouds.base import TAG_RUN, CleanupPolicy, generate_keypair, public_key_of, standard_tags
+from cislaves.clouds.openstack import tagging
 from cislaves.errors import CloudError, ConfigError
-from tests.contract import make_spec
+from tests.contract import OWNER, make_spec
 from tests.openstack.conftest import NOTHING, leftovers, openstack_env
 
 
@@ -102,7 +103,8 @@ def test_floating_ip_is_the_address_and_is_released(make_cloud, fake, debian12, 
     spec = make_spec(cloud, debian12, tmp_path)
     instance = cloud.launch(spec)
     fip = fake.floatingips[instance.extra["floating_ip_id"]]
-    assert instance.address == fip["floating_ip_address"] and fip["description"] == f"cislaves run {spec.run_id}"
+    assert instance.address == fip["floating_ip_address"]
+    assert fip["description"].startswith(f"cislaves run {spec.run_id} owner {spec.tags['cislaves:owner']} expires ")
     assert cloud.refresh(instance).address == fip["floating_ip_address"]
     cloud.destroy(instance)
     assert leftovers(fake) == NOTHING
@@ -131,8 +133,9 @@ def test_key_pair_settings_errors(make_cloud, fake, debian12, tmp_path):
     generate_keypair(key)
     with pytest.raises(ConfigError, match=r"key_pair \(RACKSPACE_KEY_PAIR\): no key pair named 'ghost'"):
         make_cloud(key_pair="ghost", key_filename=str(key)).launch(make_spec(make_cloud(), debian12, tmp_path))
-    with pytest.raises(ConfigError, match=r"key_filename \(RACKSPACE_KEY_FILENAME\): not set"):
+    with pytest.raises(ConfigError, match=r"ssh_key_pair 'ghost' needs ssh_private_key_file"):
         make_cloud(key_pair="ghost").launch(make_spec(make_cloud(), debian12, tmp_path))
+    assert leftovers(fake) == NOTHING
 
 
 def test_key_file_alone_is_uploaded_as_a_temporary_key_pair(make_cloud, fake, debian12, tmp_path):
@@ -169,21 +172,39 @@ def test_newer_microversions(make_cloud, fake, debian12, tmp_path, version):
     assert leftovers(fake) == NOTHING
 
 
-def test_cleanup_removes_leaked_key_pairs_floating_ips_and_servers(make_cloud, fake, debian12, tmp_path):
+def test_cleanup_removes_leaked_key_pairs_floating_ips_servers_and_unfinished_images(make_cloud, fake, debian12,
+                                                                                    tmp_path):
     cloud = make_cloud(floating_network="public")
     old, kept = (make_spec(cloud, debian12, tmp_path / n) for n in ("a", "b"))
     leaked, alive = cloud.launch(old), cloud.launch(kept)
-    fake.add_keypair(f"cislaves-{old.run_id}-abcdef", "ssh-ed25519 AAAA leaked")
+    orphan = tagging.key_pair_name(old.tags)  # a key pair whose server never came
+    fake.add_keypair(orphan, "ssh-ed25519 AAAA leaked")
+    fake.add_keypair(f"cislaves-{old.run_id}-abcdef", "ssh-ed25519 AAAA before owners")  # no owner in the name
     fake.add_keypair("someone-elses", "ssh-ed25519 AAAA other")
-    removed = cloud.cleanup(keep_run_ids={kept.run_id})
-    assert any(leaked.id in line for line in removed)
-    assert any(f"cislaves-{old.run_id}-abcdef" in line for line in removed)
-    assert any(leaked.extra["floating_ip_id"] in line for line in removed)
-    assert len(removed) == 4  # server, floating IP, the launch's key pair, the extra leaked key pair
-    assert "someone-elses" in fake.keypairs and cloud.refresh(alive).state == "running"
+    saving = fake.add_image("half-made", status="queued", **old.tags)  # a snapshot cut short by a crash
+    fake.images[saving]["_end"] = "queued"
+    done = fake.add_image("baked", **old.tags)  # a finished image is retention's business, not cleanup's
+    removed = cloud.cleanup(CleanupPolicy(owner=OWNER, keep_run_ids={kept.run_id}))
+    kinds = [line.split(" (")[0] for line in removed]
+    assert kinds[0] == f"instance {leaked.id}", removed
+    assert kinds[1].startswith("floating IP 198.51.100.") and leaked.extra["floating_ip_id"] in removed[1]
+    assert kinds[2:] == [f"key pair {leaked.extra['key_pair']}", f"key pair {orphan}", f"image {saving}"], removed
+    assert f"cislaves-{old.run_id}-abcdef" in fake.keypairs and "someone-elses" in fake.keypairs
+    assert done in fake.images and cloud.refresh(alive).state == "running"
+    assert cloud.cleanup(CleanupPolicy(owner=OWNER, keep_run_ids={kept.run_id}, all_owners=True)) == [
+        f"key pair cislaves-{old.run_id}-abcdef (all owners)"]
     cloud.destroy(alive)
+    del fake.keypairs["someone-elses"], fake.images[done]
     assert leftovers(fake) == NOTHING
 
+
+def test_destroy_from_a_listing_removes_the_key_pair_and_floating_ip(make_cloud, fake, debian12, tmp_path):
+    cloud = make_cloud(floating_network="public")
+    spec = make_spec(cloud, debian12, tmp_path)
+    cloud.launch(spec)
+    [listed] = cloud.list_instances({TAG_RUN: spec.run_id})  # what a later run knows: no extra
+    cloud.destroy(listed)
+    assert leftovers(fake) == NOTHING
 
 
 def test_list_instances_reads_the_tags(cloud, launched):
@@ -199,9 +220,10 @@ def test_an_image_id_stays_inside_the_image_path(cloud):
         cloud.get_image("../../compute/v2.1/servers")
 
 
-def test_cleanup_where_the_cloud_has_no_floating_ips(cloud, fake, debian12, tmp_path):
+def test_cleanup_where_the_cloud_has_no_floating_ips(make_rax, rax, debian12, tmp_path):
+    cloud = make_rax("rackspace")
     instance = cloud.launch(make_spec(cloud, debian12, tmp_path))
-    fake.fail_next("GET", r"^/network/v2.0/floatingips$", 404)  # like Rackspace: no Neutron floating IPs
-    removed = cloud.cleanup(keep_run_ids=set())
-    assert len(removed) == 2 and instance.id in removed[0] and fake.statuses("GET", "floatingips") == [404]
-    assert leftovers(fake) == NOTHING
+    removed = cloud.cleanup(CleanupPolicy(owner=OWNER))
+    assert len(removed) == 2 and instance.id in removed[0] and "key pair" in removed[1]
+    assert rax.statuses("GET", "floatingips") == []  # the extension list says there are none: no 404 guessing
+    assert leftovers(rax) == NOTHING

@@ -1,11 +1,17 @@
 """Settings: environment, config section, clouds.yaml (OS_CLOUD) with secure.yaml, application
-credentials, Rackspace defaults, and one-line errors naming what is wrong."""
+credentials, Rackspace defaults, the shared SSH block with its deprecated names, compute_api_version,
+and one-line errors naming what is wrong."""
+import logging
+
 import pytest
 import yaml
 
 from cislaves import clouds, config
-from cislaves.clouds.openstack.auth import RACKSPACE_DEFAULTS
+from cislaves.clouds.openstack import OpenStackCloud, RackspaceCloud
+from cislaves.clouds.ssh import SSHSettings
 from cislaves.errors import ConfigError
+from tests.cli import fab
+from tests.openstack.conftest import openstack_env
 
 
 def write_clouds_yaml(tmp_path, fake, **auth):
@@ -47,11 +53,69 @@ def test_tenant_name_and_unversioned_auth_url(make_cloud, fake, debian12):
     assert cloud.base_image(debian12).name == "Debian 12 (Bookworm)"
 
 
-def test_rackspace_defaults(make_cloud):
+def test_rackspace_is_a_subclass_with_its_own_defaults(make_cloud):
     cloud = make_cloud("rackspace", env={})
-    assert (cloud.cfg.auth_url, cloud.cfg.region_name) == (RACKSPACE_DEFAULTS["auth_url"], "DFW")
+    assert type(cloud) is RackspaceCloud and isinstance(cloud, OpenStackCloud)
+    assert (cloud.cfg.auth_url, cloud.cfg.flavor) == ("https://identity.api.rackspacecloud.com/v2.0/", "general1-2")
+    assert cloud.cfg.region_name is None  # the token's RAX-AUTH:defaultRegion decides
     assert make_cloud("rackspace", env={"OS_REGION_NAME": "ORD"}).cfg.region_name == "ORD"
     assert make_cloud("openstack", env={}).cfg.auth_url is None
+    assert issubclass(OpenStackCloud.Settings, SSHSettings)
+
+
+def test_old_setting_names_warn_once_and_still_work(tmp_path, caplog):
+    key = tmp_path / "id"
+    section = {"ssh_username": "ubuntu", "key_pair": "ci", "key_filename": str(key), "delete_timeout": 7}
+    with caplog.at_level(logging.WARNING):
+        cloud = clouds.get("openstack", config.Config({"clouds": {"openstack": section}}, None, {}))
+    assert (cloud.cfg.ssh_user, cloud.cfg.ssh_key_pair, str(cloud.cfg.ssh_private_key_file),
+            cloud.cfg.destroy_timeout) == ("ubuntu", "ci", str(key), 7)
+    warned = [r.getMessage() for r in caplog.records if "deprecated" in r.getMessage()]
+    assert len(warned) == 4 and any("clouds.openstack.key_pair is deprecated: use clouds.openstack.ssh_key_pair"
+                                    in w for w in warned)
+
+
+def test_seed_key_variables_fill_the_shared_key_settings(tmp_path):
+    env = {"RACKSPACE_KEY_PAIR": "ci", "RACKSPACE_KEY_FILENAME": str(tmp_path / "ci_rsa")}
+    cloud = clouds.get("rackspace", config.Config({}, None, env))
+    assert (cloud.cfg.ssh_key_pair, str(cloud.cfg.ssh_private_key_file)) == ("ci", str(tmp_path / "ci_rsa"))
+
+
+def test_top_level_timeouts_reach_the_driver():
+    cloud = clouds.get("openstack", config.Config({"timeouts": {"launch": 11, "image": 12, "destroy": 13}}, None, {}))
+    assert (cloud.cfg.launch_timeout, cloud.cfg.image_timeout, cloud.cfg.destroy_timeout) == (11, 12, 13)
+
+
+@pytest.mark.parametrize("version, message", [
+    ("2.97", r"compute_api_version \(OS_COMPUTE_API_VERSION\): 2.97 is outside the range 2.1 to 2.96"),
+    ("2.3000", r"compute_api_version \(OS_COMPUTE_API_VERSION\): 2.3000 is outside the range"),
+])
+def test_compute_api_version_beyond_the_cloud_names_the_setting(make_cloud, fake, debian12, tmp_path,
+                                                                version, message):
+    from tests.contract import make_spec
+    cloud = make_cloud(compute_api_version=version)
+    with pytest.raises(ConfigError, match=message):
+        cloud.launch(make_spec(cloud, debian12, tmp_path))
+    assert fake.statuses("POST", r"/servers$") == []  # refused before anything was made
+
+
+def test_compute_api_version_on_rackspace_which_has_no_microversions(make_rax, debian12, tmp_path):
+    from tests.contract import make_spec
+    cloud = make_rax("rackspace", compute_api_version="2.37")
+    with pytest.raises(ConfigError, match=r"rackspace.compute_api_version .*has no microversions; use 2.1"):
+        cloud.launch(make_spec(cloud, debian12, tmp_path))
+
+
+def test_fab_up_with_a_compute_api_version_too_high_is_one_line(fake, tmp_path):
+    config_file = tmp_path / "cislaves.yaml"
+    config_file.write_text(f"data_dir: {tmp_path / 'data'}\n")
+    env = {**openstack_env(fake), "CISLAVES_CONFIG": str(config_file), "OS_CLOUD": "",
+           "OS_COMPUTE_API_VERSION": "2.99"}
+    done = fab("up:cloud=openstack,distribution=debian12", env=env, timeout=120)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0 and "Traceback" not in output
+    assert "compute_api_version (OS_COMPUTE_API_VERSION): 2.99 is outside the range 2.1 to 2.96" in output
+    assert fake.servers == {}
 
 
 @pytest.mark.parametrize("env, section, message", [

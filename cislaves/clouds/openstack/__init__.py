@@ -1,4 +1,6 @@
-"""The openstack cloud driver (see driver.py); the package holds its settings, API calls and helpers."""
+"""The openstack cloud driver (driver.py) and Rackspace, its subclass (rackspace.py); the package holds
+their settings, session, API calls and helpers."""
 from cislaves.clouds.openstack.driver import OpenStackCloud
+from cislaves.clouds.openstack.rackspace import RackspaceCloud
 
-__all__ = ["OpenStackCloud"]
+__all__ = ["OpenStackCloud", "RackspaceCloud"]

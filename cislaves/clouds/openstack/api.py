@@ -1,18 +1,23 @@
-"""HTTP plumbing of the OpenStack driver: one retry loop for rate limits (413/429 with Retry-After)
-and transient 5xx answers within a deadline, errors turned into one-line CloudErrors, and the few
-Glance v2 / Neutron v2.0 calls novaclient cannot make (through the keystoneauth1 session).
+"""HTTP plumbing of the OpenStack driver: one region and one versioned endpoint per service, one
+retry loop for rate limits (413/429 with Retry-After in seconds or as an HTTP date) and transient
+5xx answers within a deadline, and errors that keep the HTTP status and the provider's fault code.
+
+Nova, Glance and Neutron are spoken as JSON over the keystoneauth1 session (no novaclient): that
+way every answer's status, fault code (Nova's `conflictingRequest`, Neutron's `NeutronError.type`,
+Glance's `title`), `Location`, `Retry-After` and paging links reach the driver as they arrived.
 """
 from __future__ import annotations
 
+import email.utils
 import logging
+import re
 import time
 from typing import Any, Callable, Iterator, TypeVar
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
-from keystoneauth1 import adapter as ks_adapter
 from keystoneauth1 import exceptions as ks_exc
-from novaclient import exceptions as nova_exc
 
-from cislaves.errors import CloudError
+from cislaves.errors import CloudError, ConfigError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -20,6 +25,9 @@ T = TypeVar("T")
 RETRY_STATUSES = {413, 429, 500, 502, 503, 504}
 FIRST_DELAY = 0.5
 MAX_DELAY = 10.0
+# the API version each service is spoken in; a catalog URL may carry it or not
+VERSIONS = {"compute": "v2.1", "image": "v2", "network": "v2.0"}
+VERSION_SEGMENT = re.compile(r"^v\d+(\.\d+)?$")
 
 
 class NotFound(CloudError):
@@ -27,123 +35,314 @@ class NotFound(CloudError):
 
 
 class Api:
-    """Calls to one cloud, retried within `deadline` seconds; `label` (e.g. 'rackspace DFW') starts errors."""
+    """Calls to one cloud in one region, retried within `deadline` seconds.
 
-    def __init__(self, session, label: str, region: str | None, interface: str, deadline: float):
-        self.session, self.label, self.deadline = session, label, deadline
+    `label` (e.g. 'rackspace DFW') starts every error; `service_names` picks among several services of
+    one type in a catalog (Rackspace lists compute three times); `region` None means: the token's
+    default region (RAX-AUTH:defaultRegion), else the only one of the catalog, else an error naming
+    `region_setting`.
+    """
+
+    def __init__(self, session, cloud: str, region: str | None, interface: str, deadline: float, *,
+                 service_names: dict[str, str] | None = None, compute_version: str = "2.1",
+                 region_setting: str = "region_name (OS_REGION_NAME)"):
+        self.session, self.cloud, self.deadline = session, cloud, deadline
         self.region, self.interface = region, interface
-        self._adapters: dict[str, ks_adapter.Adapter] = {}
+        self.service_names = service_names or {}
+        self.compute_version = compute_version
+        self.region_setting = region_setting
+        self._endpoints: dict[str, str] = {}
+        self._region_checked = False
+
+    @property
+    def label(self) -> str:
+        return f"{self.cloud} {self.region or ''}".strip()
 
     # -- the retry loop --------------------------------------------------------------------
     def call(self, what: str, fn: Callable[..., T], *args, **kwargs) -> T:
-        """fn(*args, **kwargs), retrying 413/429/5xx and connection failures until the deadline.
-
-        404 raises NotFound; any other failure a CloudError "<label>: <what> failed: <reason>".
-        """
+        """fn(*args, **kwargs) -> a requests.Response; retried on 413/429/5xx and connection failures
+        until the deadline. Returns the 2xx response; 404 raises NotFound, any other failure a
+        CloudError "<label>: <what> failed: <reason>" with the HTTP status and fault code as data."""
         deadline = time.monotonic() + self.deadline
         delay = FIRST_DELAY
         attempt = 0
         while True:
             attempt += 1
             try:
-                return fn(*args, **kwargs)
-            except (nova_exc.ClientException, ks_exc.HttpError, ks_exc.ConnectionError) as exc:
-                status, reason, retry_after = describe(exc)
-                if status == 404:
-                    raise NotFound(f"{self.label}: {what} failed: {reason}") from None
-                retriable = status in RETRY_STATUSES or isinstance(exc, ks_exc.ConnectionError)
-                if status == 401 or isinstance(exc, ks_exc.Unauthorized):
-                    raise CloudError(f"{self.label}: {what} failed: authentication refused ({reason}); "
-                                     "check the credentials (OS_USERNAME, OS_PASSWORD, OS_CLOUD...)") from None
-                wait = max(delay, retry_after)
-                left = deadline - time.monotonic()
-                if not retriable or wait > left:
-                    tail = f" (gave up after {attempt} attempts)" if retriable else ""
-                    raise CloudError(f"{self.label}: {what} failed: {reason}{tail}") from None
-                log.warning("%s: %s: %s; retrying in %.1fs", self.label, what, reason, wait)
-                time.sleep(wait)  # the server asked for this pause (Retry-After) or backoff
-                delay = min(delay * 2, MAX_DELAY)
-            except ks_exc.EndpointNotFound:
-                raise CloudError(f"{self.label}: {what} failed: the service catalog has no endpoint for "
-                                 f"it in region {self.region!r} (interface {self.interface}); "
-                                 "check OS_REGION_NAME") from None
+                resp = fn(*args, **kwargs)
+            except ks_exc.SSLError as exc:
+                raise self._error(what, f"TLS failed: {exc}") from None
+            except ks_exc.ConnectionError as exc:
+                status, code, reason, retry_after = None, None, f"cannot connect: {exc}", 0.0
+            except ks_exc.HttpError as exc:  # from authentication (the token request)
+                status, code = exc.http_status, None
+                reason, retry_after = f"HTTP {status}: {' '.join(str(exc.message or exc).split())}", 0.0
+            except ks_exc.EndpointNotFound as exc:
+                raise self._error(what, f"the service catalog has no endpoint for it ({exc})") from None
             except ks_exc.ClientException as exc:
-                raise CloudError(f"{self.label}: {what} failed: {exc}") from None
+                raise self._error(what, str(exc)) from None
+            else:
+                if resp.status_code < 400:
+                    return resp
+                status, code, reason, retry_after = describe(resp)
+            if status == 404:
+                raise NotFound(f"{self.label}: {what} failed: {reason}", cloud=self.cloud, operation=what,
+                               code=code, status=404)
+            if status == 401:
+                raise CloudError(f"{self.label}: {what} failed: authentication refused ({reason}); check the "
+                                 "credentials (OS_USERNAME, OS_PASSWORD, RACKSPACE_API_KEY, OS_CLOUD...)",
+                                 cloud=self.cloud, operation=what, code=code, status=401)
+            retriable = status is None or status in RETRY_STATUSES
+            wait = max(delay, retry_after)
+            left = deadline - time.monotonic()
+            if not retriable or wait > left:
+                tail = f" (gave up after {attempt} attempts)" if retriable else ""
+                raise CloudError(f"{self.label}: {what} failed: {reason}{tail}", cloud=self.cloud,
+                                 operation=what, code=code, status=status)
+            log.warning("%s: %s: %s; retrying in %.1fs", self.label, what, reason, wait)
+            time.sleep(wait)  # the pause the server asked for (Retry-After), or backoff
+            delay = min(delay * 2, MAX_DELAY)
 
-    # -- Glance and Neutron through the session ----------------------------------------------
-    def adapter(self, service_type: str) -> ks_adapter.Adapter:
-        if service_type not in self._adapters:
-            self._adapters[service_type] = ks_adapter.Adapter(
-                self.session, service_type=service_type, interface=self.interface, region_name=self.region)
-        return self._adapters[service_type]
+    def _error(self, what: str, reason: str) -> CloudError:
+        return CloudError(f"{self.label}: {what} failed: {reason}", cloud=self.cloud, operation=what)
+
+    # -- requests --------------------------------------------------------------------------
+    def send(self, service: str, method: str, path: str, *, json: Any = None, params: dict | None = None,
+             microversion: bool = True):
+        """One attempt at `path` below the versioned endpoint of `service` ("compute", "image",
+        "network"), or at an absolute URL; the response whatever its status (for `call`)."""
+        url = path if urlsplit(path).scheme else self.endpoint(service) + "/" + path.lstrip("/")
+        headers = {"Accept": "application/json"}
+        if service == "compute" and microversion:
+            headers["X-OpenStack-Nova-API-Version"] = self.compute_version
+            headers["OpenStack-API-Version"] = f"compute {self.compute_version}"
+        return self.session.request(url, method, json=json, params=params, headers=headers, raise_exc=False,
+                                    authenticated=True)
+
+    def request(self, service: str, method: str, path: str, what: str, *, json: Any = None,
+                params: dict | None = None):
+        """`send`, retried as `call` says; the 2xx response."""
+        return self.call(what, self.send, service, method, path, json=json, params=params)
 
     def get(self, service: str, path: str, what: str, **params) -> dict:
-        resp = self.call(what, self.adapter(service).get, path, params=params or None)
-        return resp.json()
+        return _json(self.request(service, "GET", path, what, params=params or None))
 
-    def post(self, service: str, path: str, body: dict, what: str) -> dict:
-        resp = self.call(what, self.adapter(service).post, path, json=body)
-        return resp.json() if resp.content else {}
+    def post(self, service: str, path: str, body: dict, what: str) -> Any:
+        return self.request(service, "POST", path, what, json=body)
 
     def delete(self, service: str, path: str, what: str) -> bool:
         """DELETE; False when it was already gone (404)."""
         try:
-            self.call(what, self.adapter(service).delete, path)
+            self.request(service, "DELETE", path, what)
         except NotFound:
             return False
         return True
 
     def glance_images(self, **params) -> Iterator[dict]:
-        """Every image Glance lists for `params` (following the `next` links)."""
-        path: str | None = "/v2/images"
+        """Every image Glance lists for `params`, following each `next` link as given (it carries the
+        filters and the marker); the link is relative to the Glance root, so its version is ours."""
+        path: str | None = "images"
         first = True
         while path:
             page = self.get("image", path, "listing images", **(params if first else {}))
             first = False
             yield from page.get("images", [])
-            path = page.get("next")
+            path = _below_version(page.get("next"))
 
-    def has_service(self, service_type: str) -> bool:
+    def nova_list(self, path: str, key: str, what: str, **params) -> Iterator[dict]:
+        """Every item of a Nova collection, page after page (`<key>_links` rel=next carries the marker)."""
+        query = dict(params)
+        while True:
+            page = self.get("compute", path, what, **query)
+            yield from page.get(key, [])
+            nxt = next((link.get("href") for link in page.get(f"{key}_links") or [] if link.get("rel") == "next"),
+                       None)
+            marker = (parse_qs(urlsplit(nxt).query).get("marker") or [None])[0] if nxt else None
+            if not marker or marker == query.get("marker"):
+                return
+            query["marker"] = marker
+
+    # -- the catalog -------------------------------------------------------------------------
+    def endpoint(self, service: str) -> str:
+        """The versioned URL of `service` in the run's one region (whatever version the catalog wrote)."""
+        if service not in self._endpoints:
+            catalog = self._catalog()
+            self._pick_region(catalog)
+            found = self._endpoints_of(catalog, service, self.region)
+            if not found:
+                where = f"region {self.region!r}" if self.region else "any region"
+                raise CloudError(f"{self.label}: the service catalog has no {service} endpoint in {where} "
+                                 f"(interface {self.interface}); check clouds.{self.cloud}.{self.region_setting}",
+                                 cloud=self.cloud, operation=f"finding the {service} endpoint", code="NoEndpoint")
+            self._endpoints[service] = versioned(found[0].url, service)
+            if service == "compute":
+                self._check_compute_version(self._endpoints[service])
+        return self._endpoints[service]
+
+    def _check_compute_version(self, url: str) -> None:
+        """compute_api_version must be within the cloud's range: its version document says which (a
+        legacy v2 API, like Rackspace's, has no microversions: 2.1 only)."""
+        wanted = self.compute_version
+        if wanted == "2.1":
+            return
+        root = re.sub(r"(/v2(\.\d+)?)(/.*)?$", r"\1/", url)
+        setting = f"clouds.{self.cloud}.compute_api_version (OS_COMPUTE_API_VERSION)"
         try:
-            return bool(self.adapter(service_type).get_endpoint())
-        except ks_exc.EndpointNotFound:
-            return False
-        except ks_exc.ClientException as exc:
-            raise CloudError(f"{self.label}: reading the service catalog failed: {exc}") from None
+            doc = _json(self.call("reading the compute API version", self.send, "compute", "GET", root,
+                                  microversion=False)).get("version")
+        except CloudError as exc:
+            if exc.status == 406:
+                raise ConfigError(f"{setting}: {wanted} is not supported by {self.label} ({exc})") from None
+            log.debug("%s: cannot read the compute version document: %s", self.cloud, exc)
+            return
+        low, high = (doc or {}).get("min_version") or "2.1", (doc or {}).get("version") or ""
+        if not high:
+            raise ConfigError(f"{setting}: {wanted} asked for, but the compute API of {self.label} has no "
+                              "microversions; use 2.1")
+        if not version_tuple(low) <= version_tuple(wanted) <= version_tuple(high):
+            raise ConfigError(f"{setting}: {wanted} is outside the range {low} to {high} that {self.label} supports")
+
+    def has_service(self, service: str) -> bool:
+        catalog = self._catalog()
+        self._pick_region(catalog)
+        return bool(self._endpoints_of(catalog, service, self.region))
+
+    def _catalog(self):
+        return self.call("authenticating", lambda: Answer(self.session.auth.get_access(self.session))).value
+
+    def _endpoints_of(self, access, service: str, region: str | None) -> list:
+        """Endpoints of `service` in `region` (any region: None), of the preferred catalog name if the
+        catalog has it, else of any name."""
+        preferred = [self.service_names[service]] if service in self.service_names else []
+        for name in [*preferred, None]:
+            data = access.service_catalog.get_endpoints_data(
+                service_type=service, interface=self.interface, region_name=region,
+                service_name=name).get(service, [])
+            found = [e for e in data if region is None or e.region_name == region]
+            if found or name is None:
+                return found
+        return []
+
+    def _pick_region(self, access) -> None:
+        """One region for every service: the configured one, else the token's default, else the only one."""
+        if self._region_checked:
+            return
+        regions = sorted({e.region_name for e in self._endpoints_of(access, "compute", None) if e.region_name})
+        if self.region is not None and regions and self.region not in regions:
+            raise CloudError(f"{self.label}: the service catalog has no endpoint in region {self.region!r} (it has "
+                             f"{', '.join(regions)}); check clouds.{self.cloud}.{self.region_setting}",
+                             cloud=self.cloud, operation="finding the endpoints", code="NoEndpoint")
+        if self.region is None:
+            default = _default_region(access)
+            if default and default in regions:
+                self.region = default
+            elif len(regions) > 1:
+                raise ConfigError(f"clouds.{self.cloud}.{self.region_setting}: not set, and the service catalog "
+                                  f"has several regions ({', '.join(regions)}); set one of them")
+            elif regions:
+                self.region = regions[0]
+        self._region_checked = True
 
 
-def describe(exc: Exception) -> tuple[int | None, str, float]:
-    """(HTTP status, one-line reason, Retry-After seconds) of a novaclient/keystoneauth error."""
-    if isinstance(exc, nova_exc.ClientException):
-        status = getattr(exc, "code", None)
-        message = getattr(exc, "message", None) or str(exc)
-        retry_after = float(getattr(exc, "retry_after", 0) or 0)
+class Answer:
+    """A response-like success for the retry loop: an authentication (which returns no response), or
+    what an earlier attempt already made (found before re-sending a create)."""
+
+    status_code = 200
+    headers: dict[str, str] = {}
+
+    def __init__(self, value: Any):
+        self.value = value
+        self.content = b"{}"
+
+    def json(self) -> Any:
+        return self.value
+
+
+def versioned(url: str, service: str) -> str:
+    """The catalog URL with the version this driver speaks: `.../v2` and `.../` both give `.../v2`
+    for Glance, and a Nova URL keeps its own version and project segment (`/v2/<tenant>`)."""
+    want = VERSIONS[service]
+    parts = urlsplit(url)
+    segments = [s for s in parts.path.split("/") if s]
+    if service == "compute":
+        if not any(VERSION_SEGMENT.match(s) for s in segments):
+            segments.append(want)
+    elif segments and VERSION_SEGMENT.match(segments[-1]):
+        segments[-1] = want
     else:
-        status = getattr(exc, "http_status", None)
-        message = getattr(exc, "message", None) or str(exc)
-        retry_after = float(getattr(exc, "retry_after", 0) or 0)
-        response = getattr(exc, "response", None)
-        if response is not None:
-            message = _body_message(response) or message
-            try:
-                retry_after = max(retry_after, float(response.headers.get("Retry-After") or 0))
-            except ValueError:
-                pass
-    reason = " ".join(str(message).split())
-    if status:
-        reason = f"HTTP {status}: {reason}"
-    return status, reason, retry_after
+        segments.append(want)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + "/".join(segments), "", "")).rstrip("/")
 
 
-def _body_message(response) -> str | None:
+def describe(resp) -> tuple[int, str | None, str, float]:
+    """(HTTP status, the provider's fault code, one-line reason, Retry-After seconds) of an error answer."""
+    code, message = _fault(resp)
+    reason = " ".join(str(message or resp.reason or "").split())[:500]
+    return resp.status_code, code, f"HTTP {resp.status_code}: {reason}", retry_after(resp.headers.get("Retry-After"))
+
+
+def retry_after(value: str | None, now: float | None = None) -> float:
+    """Seconds to wait for a Retry-After header: a number of seconds, or an HTTP date."""
+    if not value:
+        return 0.0
     try:
-        body: Any = response.json()
+        return max(0.0, float(value))
     except ValueError:
-        return None
-    if isinstance(body, dict):
-        if isinstance(body.get("message"), str):
-            return body["message"]
-        for value in body.values():
-            if isinstance(value, dict) and isinstance(value.get("message"), str):
-                return value["message"]
-    return None
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        log.debug("unreadable Retry-After header %r", value)
+        return 0.0
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _fault(resp) -> tuple[str | None, str | None]:
+    """(code, message) from Nova's {"itemNotFound": {...}}, Neutron's {"NeutronError": {"type"...}},
+    Glance's and Keystone's {"title", "message"} / {"error": {...}}, or a plain text body."""
+    try:
+        body: Any = resp.json()
+    except ValueError:
+        text = (resp.text or "").strip()
+        return None, text.splitlines()[-1] if text else None
+    if not isinstance(body, dict):
+        return None, None
+    if isinstance(body.get("message"), str):
+        return body.get("title"), body["message"]
+    for key, value in body.items():
+        if isinstance(value, dict) and isinstance(value.get("message"), str):
+            code = value.get("type") or value.get("title") if key in ("NeutronError", "error") else key
+            return code, value["message"]
+    return None, None
+
+
+def _default_region(access) -> str | None:
+    """Rackspace's token names the account's default region (user.RAX-AUTH:defaultRegion)."""
+    user = getattr(access, "_user", None) or {}
+    if not user and hasattr(access, "_data"):
+        user = (access._data.get("access") or {}).get("user") or {}
+    return user.get("RAX-AUTH:defaultRegion") or None
+
+
+def _below_version(link: str | None) -> str | None:
+    """A Glance `next` link ("/v2/images?marker=...") below the versioned endpoint ("images?marker=...")."""
+    if not link or urlsplit(link).scheme:
+        return link
+    segments = link.lstrip("/").split("/", 1)
+    if len(segments) == 2 and VERSION_SEGMENT.match(segments[0]):
+        return segments[1]
+    return link.lstrip("/")
+
+
+def version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in text.split(".") if p.isdigit())
+
+
+def _json(resp) -> dict:
+    if not resp.content:
+        return {}
+    try:
+        return resp.json()
+    except ValueError:
+        return {}

@@ -1,38 +1,31 @@
-"""OpenStack and Rackspace through python-novaclient on a keystoneauth1 session.
+"""OpenStack through Nova, Glance and Neutron's JSON APIs on a keystoneauth1 session.
 
-One driver serves both names: `rackspace` is OpenStack with Rackspace's defaults (identity URL,
-region DFW, root login, Rackspace image names). Servers carry the run's tags as metadata; a key
-pair the driver uploads is named `cislaves-<run id>-<hex>`; a floating IP it allocates has the
-description `cislaves run <run id>`. That is how cleanup finds leftovers. Images are read and
-deleted through Glance v2 (novaclient cannot), floating IPs through Neutron.
+Rackspace is a subclass (rackspace.py) that changes class attributes only: its defaults, its image
+names, its login user and the catalog names of its services. Servers carry the run's tags as
+metadata, snapshots as Glance properties; key pairs carry them in their name and floating IPs in
+their description (tagging.py). That is how `cleanup(policy)` finds what it may remove.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
 import re
-import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import quote
 
-from novaclient import client as nova_client
-
 from cislaves import TOOL, distros
-from cislaves.clouds.openstack import auth as openstack_auth
-from cislaves.clouds.base import (Capabilities, TAG_DISTRIBUTION, TAG_RUN, TAG_TOOL, Cloud, Image, Instance, LaunchSpec,
-                                  generate_keypair, public_key_of, wait_for)
-from cislaves.clouds.openstack.api import Api, NotFound
+from cislaves.clouds.base import (TAG_DISTRIBUTION, TAG_RUN, TAG_TOOL, Capabilities, CleanupPolicy, Cloud, Image,
+                                  Instance, LaunchSpec, Pending, wait_for)
+from cislaves.clouds.openstack import auth, tagging
+from cislaves.clouds.openstack.api import Answer, Api, NotFound, version_tuple
+from cislaves.clouds.openstack.network import Network
+from cislaves.clouds.openstack.settings import ENV, Settings, resolve
+from cislaves.clouds.ssh import apply_ssh, login_key
 from cislaves.errors import CloudError, ConfigError
 
 log = logging.getLogger(__name__)
 
-# Rackspace's own image names for the distributions the seed baked there (exact, newest active wins).
-RACKSPACE_IMAGES = {
-    "ubuntu14.04": r"^Ubuntu 14\.04 LTS \(Trusty Tahr\) \(PVHVM\)$",
-    "centos7": r"^CentOS 7 \(PVHVM\)$",
-}
-RACKSPACE_USER = "root"  # Rackspace images log in as root
 STATES = {"ACTIVE": "running", "SHUTOFF": "stopped", "STOPPED": "stopped", "BUILD": "pending",
           "REBUILD": "pending", "REBOOT": "pending", "HARD_REBOOT": "pending", "ERROR": "error",
           "DELETED": "terminated", "SOFT_DELETED": "terminated", "PAUSED": "stopped", "SUSPENDED": "stopped"}
@@ -40,45 +33,50 @@ IMAGE_STATES = {"active": "available", "queued": "pending", "saving": "pending",
                 "importing": "pending", "killed": "failed", "deleted": "deleted", "pending_delete": "deleted",
                 "deactivated": "failed"}
 IMAGE_FAILED = ("killed", "deleted", "pending_delete", "deactivated")
-KEY_PREFIX = f"{TOOL}-"
-KEY_NAME = re.compile(rf"^{TOOL}-(.+)-[0-9a-f]{{6}}$")
-FIP_PREFIX = f"{TOOL} run "
 
 
 class OpenStackCloud(Cloud):
-    """Bakes on OpenStack (or Rackspace): Nova servers, Glance snapshots, optional floating IPs."""
+    """Bakes on OpenStack: Nova servers, Glance snapshots, optional Neutron floating IPs."""
 
     name = "openstack"
     capabilities = Capabilities(regions=True)  # regions are separate runs (OS_REGION_NAME)
-    Settings = openstack_auth.Settings
-    ENV = openstack_auth.ENV
+    Settings = Settings
+    ENV = ENV
+    # what a cloud built on OpenStack changes (see rackspace.py)
+    DEFAULTS: ClassVar[dict[str, Any]] = {"flavor": "m1.small"}
+    IMAGES: ClassVar[dict[str, str]] = {}  # distribution -> the cloud's own image name pattern
+    SERVICE_NAMES: ClassVar[dict[str, str]] = {}  # service type -> preferred catalog name
+    DEFAULT_USER: ClassVar[str | None] = None  # None: the distribution's user on this cloud
 
     def __init__(self, settings: Any, data_dir: Path, name: str | None = None):
         super().__init__(settings, data_dir, name=name)
-        self.cfg = openstack_auth.resolve(settings, self.name)
+        self.cfg = resolve(settings, self.name, self.DEFAULTS)
         self._api: Api | None = None
-        self._nova = None
+        self._net: Network | None = None
 
     # -- clients ----------------------------------------------------------------------------
     @property
     def api(self) -> Api:
         if self._api is None:
-            label = f"{self.name} {self.cfg.region_name or ''}".strip()
-            self._api = Api(openstack_auth.session(self.cfg, self.name), label, self.cfg.region_name,
-                            self.cfg.interface, self.cfg.api_deadline)
+            self._api = Api(auth.session(self.cfg, self.name), self.name, self.cfg.region_name, self.cfg.interface,
+                            self.cfg.api_deadline, service_names=self.SERVICE_NAMES,
+                            compute_version=self.cfg.compute_api_version)
         return self._api
 
     @property
-    def nova(self):
-        if self._nova is None:
-            self._nova = nova_client.Client(self.cfg.compute_api_version, session=self.api.session,
-                                            region_name=self.cfg.region_name, endpoint_type=self.cfg.interface)
-        return self._nova
+    def net(self) -> Network:
+        if self._net is None:
+            self._net = Network(self.api, self.name)
+        return self._net
+
+    def nova(self, method: str, path: str, what: str, body: Any = None, **params):
+        """A Nova call at `path` below the compute endpoint."""
+        return self.api.request("compute", method, path, what, json=body, params=params or None)
 
     def close(self) -> None:
         if self._api is not None:
             self._api.session.session.close()
-        self._api = self._nova = None
+        self._api = self._net = None
 
     def describe(self) -> dict[str, Any]:
         return {"auth_url": self.cfg.auth_url, "region": self.cfg.region_name, "flavor": self.cfg.flavor,
@@ -93,8 +91,8 @@ class OpenStackCloud(Cloud):
         """The configured image (exact name or id), else the newest active image matching the pattern."""
         if self.cfg.image:
             return self._image_by_name_or_id(self.cfg.image, distribution)
-        pattern = self.cfg.image_pattern or (RACKSPACE_IMAGES.get(distribution.name) if self.name == "rackspace"
-                                             else None) or distribution.selector(self.name)["name"]
+        pattern = self.cfg.image_pattern or self.IMAGES.get(distribution.name) or \
+            distribution.selector(self.name)["name"]
         try:
             regex = re.compile(pattern)
         except re.error as exc:
@@ -102,15 +100,17 @@ class OpenStackCloud(Cloud):
         found = [i for i in self.api.glance_images(status="active") if regex.search(i.get("name") or "")]
         if not found:
             raise CloudError(f"{self.api.label}: no active image matches {pattern!r} for {distribution.name}; "
-                             f"set clouds.{self.name}.image or image_pattern")
+                             f"set clouds.{self.name}.image or image_pattern", cloud=self.name,
+                             operation="base_image", code="NoImage")
         newest = max(found, key=lambda i: (i.get("created_at") or "", i["id"]))
         return self._image(newest, distribution.name)
 
     def get_image(self, image_id: str) -> Image:
         try:
-            data = self.api.get("image", f"/v2/images/{quote(image_id, safe='')}", f"reading image {image_id}")
+            data = self.api.get("image", f"images/{quote(image_id, safe='')}", f"reading image {image_id}")
         except NotFound:
-            raise CloudError(f"{self.api.label}: no image with id {image_id!r}") from None
+            raise CloudError(f"{self.api.label}: no image with id {image_id!r}", cloud=self.name,
+                             operation="get_image", code="NoImage", status=404) from None
         return self._image(data)
 
     def list_images(self, filters: dict[str, str] | None = None) -> list[Image]:
@@ -120,34 +120,38 @@ class OpenStackCloud(Cloud):
                 if all(str(i.get(k)) == str(v) for k, v in filters.items())]
 
     def delete_image(self, image: Image) -> None:
-        if self.api.delete("image", f"/v2/images/{image.id}", f"deleting image {image.id}"):
+        if self.api.delete("image", f"images/{quote(image.id, safe='')}", f"deleting image {image.id}"):
             log.info("%s: deleted image %s (%s)", self.name, image.id, image.name)
 
     def create_image(self, instance: Instance, name: str, tags: dict[str, str]) -> Image:
-        """Snapshot the server (createImage), then poll Glance until the image is active."""
+        """Snapshot the server (createImage), then poll Glance until the image is active.
+
+        The image id comes from the answer's body (2.45+) or Location header; when neither is there
+        (Rackspace may omit Location) it is found by name, run and server. On any failure or Ctrl-C
+        every image of that name made for this run from this server is deleted: none is orphaned.
+        """
         meta = _metadata(tags)
-        image_id = str(self.api.call(f"creating image {name!r} of server {instance.id}",
-                                     self.nova.servers.create_image, instance.id, name, meta))
-        log.info("%s: image %s (%s) requested from server %s", self.name, image_id, name, instance.id)
-        last = ["no answer yet"]
-
-        def probe():
-            try:
-                data = self.api.get("image", f"/v2/images/{image_id}", f"reading image {image_id}")
-            except NotFound:
-                raise CloudError(f"{self.api.label}: image {image_id} ({name}) was deleted while it was "
-                                 f"being saved from server {instance.id}") from None
-            last[0] = data.get("status", "?")
-            if data.get("status") in IMAGE_FAILED:
-                raise CloudError(f"{self.api.label}: image {image_id} ({name}) ended '{data['status']}' "
-                                 f"while being saved from server {instance.id}")
-            return data if data.get("status") == "active" else None
-
+        image_id: str | None = None
         try:
+            image_id = self._request_image(instance, name, meta)
+
+            def probe():
+                try:
+                    data = self.api.get("image", f"images/{image_id}", f"reading image {image_id}")
+                except NotFound:
+                    raise CloudError(f"{self.api.label}: image {image_id} ({name}) was deleted while it was "
+                                     f"being saved from server {instance.id}", cloud=self.name,
+                                     operation="create_image", code="ImageGone", status=404) from None
+                if data.get("status") in IMAGE_FAILED:
+                    raise CloudError(f"{self.api.label}: image {image_id} ({name}) ended '{data['status']}' "
+                                     f"while being saved from server {instance.id}", cloud=self.name,
+                                     operation="create_image", code=data["status"])
+                return data if data.get("status") == "active" else Pending(data.get("status", "?"))
+
             data = wait_for(probe, f"image {image_id} ({name}) to become active", self.cfg.image_timeout,
-                            max_delay=10, describe=lambda: last[0])
+                            max_delay=10)
         except BaseException:
-            self._forget_image(image_id)
+            self._forget_images(image_id, name, instance)
             raise
         return self._image(data, tags.get(TAG_DISTRIBUTION))
 
@@ -158,240 +162,276 @@ class OpenStackCloud(Cloud):
         On any failure (ERROR, timeout, Ctrl-C) the server, key pair and floating IP made so far are removed.
         """
         flavor = self._flavor()
-        key_name, key_file, temporary, generated = self._key_pair(spec)
-        made: dict[str, Any] = {"key_pair": key_name if temporary else None, "server": None, "fip": None}
+        nics = self._nics()
+        key_name = tagging.key_pair_name(spec.tags)
+        key = login_key(self.cfg, Path(spec.key_dir), key_name, cloud=self.name)
+        made: dict[str, Any] = {"key_pair": None, "server": None, "fip": None}
         try:
-            server = self._create_server(spec, flavor, key_name)
-            made["server"] = server.id
-            server = self._wait_active(server.id, spec.name)
-            address = None
+            if key.key_pair and not key.temporary:
+                self._check_key_pair(key.key_pair)
+            else:  # a new key, or the user's key file without a key pair: upload it for this run
+                made["key_pair"] = key_name
+                self._upload_key_pair(key_name, key.public_key)
+            server = self._create_server(spec, flavor["id"], made["key_pair"] or key.key_pair, nics)
+            made["server"] = server["id"]
+            server = self._wait_active(server["id"], spec.name)
+            fip = None
             if self.cfg.floating_network:
-                fip = self._floating_ip(server.id, spec.run_id)
+                fip = self.net.attach_floating_ip(server["id"], self.cfg, tagging.fip_description(spec.tags))
                 made["fip"] = fip["id"]
-                address = fip["floating_ip_address"]
             instance = self._instance(server, spec.distribution, spec.run_id, image_id=spec.image.id,
-                                      key_file=key_file, address=address)
-            if not instance.address:
-                raise CloudError(f"{self.api.label}: server {server.id} ({spec.name}) has no IPv4 address; set "
-                                 f"clouds.{self.name}.address_network, floating_network or ssh_host")
-            instance.extra.update(key_pair=key_name, temporary_key_pair=temporary, floating_ip_id=made["fip"],
-                                  generated_key_file=generated)
-            log.info("%s: server %s (%s) is ACTIVE at %s", self.name, server.id, spec.name, instance.address)
+                                      key_file=str(key.private_key_file),
+                                      fip_address=fip["floating_ip_address"] if fip else None)
+            instance.extra.update(key_pair=made["key_pair"] or key.key_pair,
+                                  temporary_key_pair=bool(made["key_pair"]), floating_ip_id=made["fip"],
+                                  generated_key_file=str(key.private_key_file) if key.temporary else None)
+            log.info("%s: server %s (%s) is ACTIVE at %s", self.name, server["id"], spec.name, instance.address)
             return instance
         except BaseException:
             try:
                 if made["server"] is None:  # interrupted while the create was in flight: find it by its tags
-                    made["server"] = getattr(self._find_server(spec), "id", None)
-                self._teardown(made["server"], made["key_pair"], made["fip"], generated, spec.name)
+                    made["server"] = (self._find_server(spec) or {}).get("id")
+                self._teardown(made["server"], made["key_pair"], made["fip"],
+                               str(key.private_key_file) if key.temporary else None, spec.name)
             except CloudError as exc:  # the launch's own error is the one to report
                 log.error("%s: cleaning up after the failed launch of %s: %s", self.name, spec.name, exc)
             raise
 
     def refresh(self, instance: Instance) -> Instance:
         try:
-            server = self.api.call(f"reading server {instance.id}", self.nova.servers.get, instance.id)
+            server = self._server(instance.id)
         except NotFound:
             return dataclasses.replace(instance, state="terminated")
-        fresh = self._instance(server, None, instance.run_id, image_id=instance.image_id,
-                               key_file=instance.key_file, address=self._fip_address(instance))
-        return dataclasses.replace(instance, state=fresh.state, address=fresh.address,
-                                   extra={**instance.extra, "status": server.status})
+        fresh = dataclasses.replace(instance, state=STATES.get(server["status"], "unknown"),
+                                    extra={**instance.extra, "status": server["status"]})
+        try:
+            self._apply_ssh(fresh, server, self._fip_address(instance), fresh.user)
+        except CloudError:  # no address right now (e.g. stopped): keep the one we knew
+            fresh.address = instance.address
+        return fresh
 
     def stop(self, instance: Instance) -> Instance:
-        return self._power(instance, "SHUTOFF", self.nova.servers.stop, "stopping")
+        return self._power(instance, "SHUTOFF", "os-stop", "stopping")
 
     def start(self, instance: Instance) -> Instance:
-        return self._power(instance, "ACTIVE", self.nova.servers.start, "starting")
+        return self._power(instance, "ACTIVE", "os-start", "starting")
 
     def destroy(self, instance: Instance) -> None:
-        """Delete the server and wait until it is gone; release its floating IP and temporary key pair."""
+        """Delete the server and wait until it is gone; release its floating IPs and temporary key pair.
+
+        An instance read from a listing knows these from the server itself (key_name, ports)."""
         extra = instance.extra or {}
-        self._teardown(instance.id, extra.get("key_pair") if extra.get("temporary_key_pair") else None,
-                       extra.get("floating_ip_id"), extra.get("generated_key_file"), instance.name)
+        key_pair = extra.get("key_pair") if extra.get("temporary_key_pair") else None
+        fips = [extra["floating_ip_id"]] if extra.get("floating_ip_id") else []
+        if not extra.get("key_pair"):
+            try:
+                server = self._server(instance.id)
+            except NotFound:
+                server = None
+            if server and tagging.key_pair_tags(server.get("key_name") or ""):
+                key_pair = server["key_name"]
+            if server:
+                fips += [f["id"] for f in self.net.floating_ips_of(instance.id) if f["id"] not in fips]
+        self._teardown(instance.id, key_pair, fips, extra.get("generated_key_file"), instance.name)
 
     def list_instances(self, filters: dict[str, str] | None = None) -> list[Instance]:
         """Servers this tool tagged whose metadata matches every filter."""
         filters = filters or {}
         out = []
         for server in self._tool_servers():
-            meta = server.metadata or {}
+            meta = server.get("metadata") or {}
             if all(meta.get(k) == str(v) for k, v in filters.items()):
-                out.append(self._instance(server, None, meta.get(TAG_RUN, "")))
+                out.append(self._instance(server, None, meta.get(TAG_RUN, ""), strict=False))
         return out
 
-    def cleanup(self, keep_run_ids: set[str] = frozenset()) -> list[str]:
-        """Delete tagged servers, key pairs and floating IPs of runs not in keep_run_ids."""
+    def cleanup(self, policy: CleanupPolicy) -> list[str]:
+        """Remove what `policy` allows: servers (metadata), floating IPs (description), key pairs (name)
+        and images that never became active (Glance properties); one line per removed resource."""
         removed: list[str] = []
-        doomed = [s for s in self._tool_servers() if (s.metadata or {}).get(TAG_RUN) not in keep_run_ids]
-        for server in doomed:
-            self._delete_server(server.id)
-        for server in doomed:
-            self._wait_gone(server.id, server.name)
-            removed.append(f"server {server.id} ({server.name}, run {server.metadata.get(TAG_RUN)})")
-        for fip in self._floating_ips():
-            run = (fip.get("description") or "")[len(FIP_PREFIX):]
-            if (fip.get("description") or "").startswith(FIP_PREFIX) and run not in keep_run_ids:
-                self.api.delete("network", f"/v2.0/floatingips/{fip['id']}", "releasing a floating IP")
-                removed.append(f"floating IP {fip.get('floating_ip_address')} ({fip['id']}, run {run})")
-        for keypair in self.api.call("listing key pairs", self.nova.keypairs.list):
-            match = KEY_NAME.match(keypair.name)
-            if match and match.group(1) not in keep_run_ids:
-                self._delete_key_pair(keypair.name)
-                removed.append(f"key pair {keypair.name} (run {match.group(1)})")
+        doomed = [(s, policy.reason(s.get("metadata"))) for s in self._tool_servers()]
+        doomed = [(s, why) for s, why in doomed if why]
+        fips = self.net.floating_ips()
+        for server, _ in doomed:
+            self._delete_server(server["id"])
+        for server, why in doomed:
+            self._wait_gone(server["id"], server["name"])
+            removed.append(f"instance {server['id']} ({server['name']}, run "
+                           f"{server['metadata'].get(TAG_RUN)}, {why})")
+        for fip in fips:
+            why = policy.reason(tagging.fip_tags(fip.get("description")))
+            if why and self.net.release(fip["id"]):
+                removed.append(f"floating IP {fip.get('floating_ip_address')} ({fip['id']}, {why})")
+        for pair in self.api.nova_list("os-keypairs", "keypairs", "listing key pairs"):
+            name = (pair.get("keypair") or pair).get("name", "")
+            why = policy.reason(tagging.key_pair_tags(name))
+            if why:
+                self._delete_key_pair(name)
+                removed.append(f"key pair {name} ({why})")
+        for data in self.api.glance_images():
+            why = policy.reason(data) if data.get("status") != "active" else None
+            if why and self.api.delete("image", f"images/{data['id']}", f"deleting image {data['id']}"):
+                removed.append(f"image {data['id']} ({data.get('name')}, {data.get('status')}, {why})")
         for line in removed:
             log.info("%s: cleanup removed %s", self.name, line)
         return removed
 
     # -- helpers: launch --------------------------------------------------------------------
-    def _flavor(self):
+    def _flavor(self) -> dict:
         wanted = self.cfg.flavor
         if not wanted:
             raise ConfigError(f"clouds.{self.name}.flavor: not set (a flavor name or id)")
-        flavors = self.api.call("listing flavors", self.nova.flavors.list)
+        flavors = list(self.api.nova_list("flavors/detail", "flavors", "listing flavors"))
         for flavor in flavors:
-            if wanted in (flavor.id, flavor.name):
+            if wanted in (flavor["id"], flavor["name"]):
                 return flavor
-        names = ", ".join(sorted(f.name for f in flavors))
+        names = ", ".join(sorted(f["name"] for f in flavors))
         raise ConfigError(f"clouds.{self.name}.flavor: no flavor named or with id {wanted!r} "
                           f"in {self.api.label}; available: {names}")
 
-    def _key_pair(self, spec: LaunchSpec) -> tuple[str, str, bool, str | None]:
-        """(key pair name, private key file, temporary?, generated key file or None)."""
-        if self.cfg.key_pair:
-            if not self.cfg.key_filename:
-                raise ConfigError(f"clouds.{self.name}.key_filename (RACKSPACE_KEY_FILENAME): not set, but "
-                                  f"key_pair {self.cfg.key_pair!r} is; both are needed")
-            if not Path(self.cfg.key_filename).expanduser().is_file():
-                raise ConfigError(f"clouds.{self.name}.key_filename (RACKSPACE_KEY_FILENAME): "
-                                  f"{self.cfg.key_filename} is not a file")
-            try:
-                self.api.call(f"reading key pair {self.cfg.key_pair}", self.nova.keypairs.get, self.cfg.key_pair)
-            except NotFound:
-                raise ConfigError(f"clouds.{self.name}.key_pair (RACKSPACE_KEY_PAIR): no key pair named "
-                                  f"{self.cfg.key_pair!r} in {self.api.label}") from None
-            return self.cfg.key_pair, str(Path(self.cfg.key_filename).expanduser()), False, None
-        name = f"{KEY_PREFIX}{spec.run_id}-{uuid.uuid4().hex[:6]}"
-        generated = None
-        if self.cfg.key_filename:
-            key_file = str(Path(self.cfg.key_filename).expanduser())
-            try:
-                public = public_key_of(Path(key_file))
-            except (OSError, ValueError) as exc:
-                raise ConfigError(f"clouds.{self.name}.key_filename: cannot read a private key from "
-                                  f"{key_file}: {exc}") from None
-        else:
-            key_file = generated = str(Path(spec.key_dir) / name)
-            public = generate_keypair(Path(key_file))
+    def _nics(self) -> Any:
+        """The server's networks: the configured ones, else Nova's choice ("auto" from 2.37)."""
+        if self.cfg.networks:
+            return [{"uuid": self.net.network_id(n, "networks")} for n in self.cfg.networks]
+        return "auto" if version_tuple(self.cfg.compute_api_version) >= (2, 37) else None
+
+    def _check_key_pair(self, name: str) -> None:
         try:
-            self.api.call(f"uploading key pair {name}", self.nova.keypairs.create, name, public_key=public)
+            self.nova("GET", f"os-keypairs/{quote(name, safe='')}", f"reading key pair {name}")
+        except NotFound:
+            raise ConfigError(f"clouds.{self.name}.ssh_key_pair (RACKSPACE_KEY_PAIR): no key pair named "
+                              f"{name!r} in {self.api.label}") from None
+
+    def _upload_key_pair(self, name: str, public_key: str) -> None:
+        try:
+            self.nova("POST", "os-keypairs", f"uploading key pair {name}",
+                      {"keypair": {"name": name, "public_key": public_key}})
         except BaseException:
             self._delete_key_pair(name)  # a 5xx after the server stored it, or Ctrl-C
-            _remove_files(generated)
             raise
-        return name, key_file, True, generated
 
-    def _create_server(self, spec: LaunchSpec, flavor, key_name: str):
-        meta = _metadata(spec.tags)
-        nics: Any = [{"net-id": self._network_id(n)} for n in self.cfg.networks] or None
-        if nics is None and tuple(int(p) for p in self.cfg.compute_api_version.split(".")) >= (2, 37):
-            nics = "auto"
+    def _create_server(self, spec: LaunchSpec, flavor_id: str, key_name: str | None, nics: Any) -> dict:
+        body: dict[str, Any] = {"name": spec.name, "imageRef": spec.image.id, "flavorRef": flavor_id,
+                                "metadata": _metadata(spec.tags)}
+        if key_name:
+            body["key_name"] = key_name
+        if nics is not None:
+            body["networks"] = nics
+        if self.cfg.security_groups:
+            body["security_groups"] = [{"name": g} for g in self.cfg.security_groups]
+        if self.cfg.availability_zone:
+            body["availability_zone"] = self.cfg.availability_zone
         attempts = [0]
 
         def create():
             attempts[0] += 1
             earlier = self._find_server(spec) if attempts[0] > 1 else None  # a failed attempt may have made it
-            return earlier or self.nova.servers.create(
-                spec.name, spec.image.id, flavor.id, meta=meta, key_name=key_name, nics=nics,
-                security_groups=self.cfg.security_groups or None, availability_zone=self.cfg.availability_zone)
+            if earlier:
+                return Answer({"server": earlier})
+            return self.api.send("compute", "POST", "servers", json={"server": body})
 
-        server = self.api.call(f"creating server {spec.name}", create)
-        log.info("%s: server %s (%s) created from image %s", self.name, server.id, spec.name, spec.image.id)
+        try:
+            server = self.api.call(f"creating server {spec.name}", create).json()["server"]
+        except CloudError as exc:
+            if exc.status == 409 and not self.cfg.networks:
+                raise CloudError(f"{exc}; the cloud would not choose among the networks visible to the project "
+                                 f"({', '.join(self.net.attachable_names()) or 'none listed'}): set "
+                                 f"clouds.{self.name}.networks", cloud=self.name, operation="launch",
+                                 code=exc.code, status=409) from None
+            raise
+        log.info("%s: server %s (%s) created from image %s", self.name, server["id"], spec.name, spec.image.id)
         return server
 
-    def _find_server(self, spec: LaunchSpec):
+    def _find_server(self, spec: LaunchSpec) -> dict | None:
         found = [s for s in self._tool_servers()
-                 if s.name == spec.name and (s.metadata or {}).get(TAG_RUN) == spec.run_id]
+                 if s["name"] == spec.name and (s.get("metadata") or {}).get(TAG_RUN) == spec.run_id]
         return found[0] if found else None
 
-    def _wait_active(self, server_id: str, name: str):
-        last = ["no answer yet"]
-
+    def _wait_active(self, server_id: str, name: str) -> dict:
         def probe():
             try:
-                server = self.api.call(f"reading server {server_id}", self.nova.servers.get, server_id)
+                server = self._server(server_id)
             except NotFound:
-                raise CloudError(f"{self.api.label}: server {server_id} ({name}) vanished while booting") from None
-            last[0] = f"{server.status} {getattr(server, 'OS-EXT-STS:task_state', '') or ''}".strip()
-            if server.status == "ERROR":
-                fault = " ".join(str((getattr(server, "fault", None) or {}).get("message") or "").split())
+                raise CloudError(f"{self.api.label}: server {server_id} ({name}) vanished while booting",
+                                 cloud=self.name, operation="launch", code="ServerGone", status=404) from None
+            if server["status"] == "ERROR":
+                fault = server.get("fault") or {}
+                message = " ".join(str(fault.get("message") or "").split())
                 raise CloudError(f"{self.api.label}: server {server_id} ({name}) went to ERROR: "
-                                 f"{fault or 'no fault message'}")
-            return server if server.status == "ACTIVE" else None
+                                 f"{message or 'no fault message'}", cloud=self.name, operation="launch",
+                                 code=str(fault.get("code") or "ERROR"))
+            if server["status"] == "ACTIVE":
+                return server
+            return Pending(f"{server['status']} {server.get('OS-EXT-STS:task_state') or ''}".strip())
 
         return wait_for(probe, f"server {server_id} ({name}) to become ACTIVE", self.cfg.launch_timeout,
-                        max_delay=5, describe=lambda: last[0])
+                        max_delay=5)
 
-    def _network_id(self, wanted: str, key: str = "networks") -> str:
-        nets = self.api.get("network", "/v2.0/networks", f"finding network {wanted}", id=wanted)["networks"] or \
-            self.api.get("network", "/v2.0/networks", f"finding network {wanted}", name=wanted)["networks"]
-        if len(nets) != 1:
-            raise ConfigError(f"clouds.{self.name}.{key}: {'no' if not nets else 'more than one'} network "
-                              f"named or with id {wanted!r} in {self.api.label}")
-        return nets[0]["id"]
+    def _request_image(self, instance: Instance, name: str, meta: dict[str, str]) -> str:
+        """POST createImage (retried without making a second image) and return the new image's id."""
+        attempts = [0]
 
-    def _floating_ip(self, server_id: str, run_id: str) -> dict:
-        net = self._network_id(self.cfg.floating_network, "floating_network")
-        ports = self.api.get("network", "/v2.0/ports", "finding the server's port", device_id=server_id)["ports"]
-        if not ports:
-            raise CloudError(f"{self.api.label}: server {server_id} has no port to attach a floating IP to")
-        body = {"floatingip": {"floating_network_id": net, "port_id": ports[0]["id"],
-                               "description": f"{FIP_PREFIX}{run_id}"}}
-        return self.api.post("network", "/v2.0/floatingips", body, "allocating a floating IP")["floatingip"]
+        def post():
+            attempts[0] += 1
+            earlier = self._find_images(name, instance) if attempts[0] > 1 else []
+            if earlier:
+                return Answer({"image_id": earlier[0]["id"]})
+            return self.api.send("compute", "POST", f"servers/{instance.id}/action",
+                                 json={"createImage": {"name": name, "metadata": meta}})
 
-    def _floating_ips(self) -> list[dict]:
-        """Every floating IP of the project; none where the cloud has no Neutron floating IPs (Rackspace)."""
-        if not self.api.has_service("network"):
-            return []
-        try:
-            return self.api.get("network", "/v2.0/floatingips", "listing floating IPs")["floatingips"]
-        except NotFound:
-            return []
+        resp = self.api.call(f"creating image {name!r} of server {instance.id}", post)
+        body = resp.json() if resp.content else {}
+        image_id = (body or {}).get("image_id") or (resp.headers.get("Location") or "").rstrip("/").rsplit("/", 1)[-1]
+        if not image_id:  # no Location (Rackspace may leave it out): the image is found by what it carries
+            image_id = wait_for(lambda: (self._find_images(name, instance) or [{}])[0].get("id"),
+                                f"Glance to list the image {name!r} of server {instance.id}",
+                                min(self.cfg.image_timeout, 300))
+        log.info("%s: image %s (%s) requested from server %s", self.name, image_id, name, instance.id)
+        return image_id
 
-    def _fip_address(self, instance: Instance) -> str | None:
-        fip_id = (instance.extra or {}).get("floating_ip_id")
-        if not fip_id or self.cfg.ssh_host:
-            return None
-        try:
-            return self.api.get("network", f"/v2.0/floatingips/{fip_id}", "reading a floating IP")[
-                "floatingip"]["floating_ip_address"]
-        except NotFound:
-            return None
+    def _find_images(self, name: str, instance: Instance) -> list[dict]:
+        """Images of this name saved from this server for this run (Glance's properties say so)."""
+        return [i for i in self.api.glance_images(name=name)
+                if i.get(TAG_RUN) == instance.run_id and i.get("instance_uuid", instance.id) == instance.id]
 
     # -- helpers: records -------------------------------------------------------------------
-    def _instance(self, server, distribution, run_id: str, image_id: str | None = None,
-                  key_file: str | None = None, address: str | None = None) -> Instance:
-        meta = dict(server.metadata or {})
+    def _instance(self, server: dict, distribution, run_id: str, image_id: str | None = None,
+                  key_file: str | None = None, fip_address: str | None = None, strict: bool = True) -> Instance:
+        meta = dict(server.get("metadata") or {})
         if distribution is None and meta.get(TAG_DISTRIBUTION) in distros.DISTRIBUTIONS:
             distribution = distros.get(meta[TAG_DISTRIBUTION])
         dist_name = distribution.name if distribution is not None else meta.get(TAG_DISTRIBUTION, "")
-        if self.cfg.ssh_username:
-            user = self.cfg.ssh_username
-        elif self.name == "rackspace":
-            user = RACKSPACE_USER
-        else:
-            user = distribution.user_for(self.name, "root") if distribution is not None else "root"
-        return Instance(
-            id=server.id, cloud=self.name, name=server.name, distribution=dist_name, run_id=run_id,
-            state=STATES.get(server.status, "unknown"),
-            address=self.cfg.ssh_host or address or _server_address(server, self.cfg.address_network),
-            port=self.cfg.ssh_port, user=user, key_file=key_file, region=self.cfg.region_name,
-            image_id=image_id or (server.image.get("id") if isinstance(server.image, dict) else None),
-            created=getattr(server, "created", None), tags=meta, extra={"status": server.status})
+        user = self.DEFAULT_USER or (distribution.user_for(self.name, "root") if distribution is not None else "root")
+        image = server.get("image")
+        instance = Instance(
+            id=server["id"], cloud=self.name, name=server["name"], distribution=dist_name, run_id=run_id,
+            state=STATES.get(server["status"], "unknown"), key_file=key_file, region=self.api.region,
+            image_id=image_id or (image.get("id") if isinstance(image, dict) else None),
+            created=server.get("created"), tags=meta, extra={"status": server["status"]})
+        try:
+            return self._apply_ssh(instance, server, fip_address, user)
+        except CloudError:
+            if strict:
+                raise
+            return instance  # a listing still lists a server without an address
+
+    def _apply_ssh(self, instance: Instance, server: dict, fip_address: str | None, user: str) -> Instance:
+        """SSH fields from the settings and the server's addresses (see _addresses for the order)."""
+        addresses = _addresses(server, fip_address)
+        default = "public" if addresses["public"] else "private"
+        if self.cfg.address_network and not self.cfg.ssh_host:
+            found = _network_address(server, self.cfg.address_network)
+            if not found:
+                has = ", ".join(sorted(server.get("addresses") or {})) or "none"
+                raise CloudError(f"{self.api.label}: server {server['id']} has no IPv4 address on network "
+                                 f"{self.cfg.address_network!r} (clouds.{self.name}.address_network); its networks: "
+                                 f"{has}", cloud=self.name, operation="launch", code="NoAddress")
+            addresses, default = {**addresses, "network": found}, "network"
+        return apply_ssh(instance, self.cfg, addresses, default_interface=default, default_user=user)
 
     def _image(self, data: dict, distribution: str | None = None) -> Image:
         tags = {k: v for k, v in data.items() if isinstance(v, str) and (k.startswith(f"{TOOL}:") or k == "Name")}
         return Image(id=data["id"], cloud=self.name, name=data.get("name") or "",
-                     distribution=data.get(TAG_DISTRIBUTION) or distribution, region=self.cfg.region_name,
+                     distribution=data.get(TAG_DISTRIBUTION) or distribution, region=self.api.region,
                      created=data.get("created_at"), source_image=data.get("base_image_ref"),
                      run_id=data.get(TAG_RUN), state=IMAGE_STATES.get(data.get("status"), "unknown"), tags=tags,
                      extra={"status": data.get("status")})
@@ -399,110 +439,119 @@ class OpenStackCloud(Cloud):
     def _image_by_name_or_id(self, wanted: str, distribution) -> Image:
         if re.fullmatch(r"[0-9a-fA-F-]{32,36}", wanted):
             try:
-                return self._image(self.api.get("image", f"/v2/images/{wanted}", f"reading image {wanted}"),
+                return self._image(self.api.get("image", f"images/{wanted}", f"reading image {wanted}"),
                                    distribution.name)
             except NotFound:
                 pass
         found = list(self.api.glance_images(name=wanted, status="active"))
         if not found:
             raise CloudError(f"{self.api.label}: no active image named or with id {wanted!r} "
-                             f"(clouds.{self.name}.image)")
+                             f"(clouds.{self.name}.image)", cloud=self.name, operation="base_image", code="NoImage")
         return self._image(max(found, key=lambda i: (i.get("created_at") or "", i["id"])), distribution.name)
 
-    # -- helpers: teardown ------------------------------------------------------------------
-    def _tool_servers(self) -> list:
-        servers = self.api.call("listing servers", self.nova.servers.list, detailed=True)
-        return [s for s in servers if (s.metadata or {}).get(TAG_TOOL) == TOOL]
+    # -- helpers: servers and teardown ----------------------------------------------------------
+    def _server(self, server_id: str) -> dict:
+        return self.nova("GET", f"servers/{quote(server_id, safe='')}", f"reading server {server_id}").json()["server"]
 
-    def _power(self, instance: Instance, target: str, action, verb: str) -> Instance:
-        server = self.api.call(f"reading server {instance.id}", self.nova.servers.get, instance.id)
-        if server.status != target:
+    def _tool_servers(self) -> list[dict]:
+        """Every server of the project this tool tagged, over all of Nova's pages."""
+        return [s for s in self.api.nova_list("servers/detail", "servers", "listing servers")
+                if (s.get("metadata") or {}).get(TAG_TOOL) == TOOL]
+
+    def _fip_address(self, instance: Instance) -> str | None:
+        fip_id = (instance.extra or {}).get("floating_ip_id")
+        return self.net.floating_ip_address(fip_id) if fip_id and not self.cfg.ssh_host else None
+
+    def _power(self, instance: Instance, target: str, action: str, verb: str) -> Instance:
+        if self._server(instance.id)["status"] != target:
             try:
-                self.api.call(f"{verb} server {instance.id}", action, instance.id)
+                self.nova("POST", f"servers/{instance.id}/action", f"{verb} server {instance.id}", {action: None})
             except CloudError as exc:
-                if "HTTP 409" not in str(exc):  # already on its way there
+                if exc.status != 409:  # 409: already on its way there
                     raise
-            last = ["no answer yet"]
 
             def probe():
-                current = self.api.call(f"reading server {instance.id}", self.nova.servers.get, instance.id)
-                last[0] = current.status
-                if current.status == "ERROR":
-                    raise CloudError(f"{self.api.label}: server {instance.id} went to ERROR while {verb}")
-                return current.status == target
+                status = self._server(instance.id)["status"]
+                if status == "ERROR":
+                    raise CloudError(f"{self.api.label}: server {instance.id} went to ERROR while {verb}",
+                                     cloud=self.name, operation=verb, code="ERROR")
+                return True if status == target else Pending(status)
 
-            wait_for(probe, f"server {instance.id} to reach {target}", self.cfg.launch_timeout,
-                     max_delay=5, describe=lambda: last[0])
+            wait_for(probe, f"server {instance.id} to reach {target}", self.cfg.launch_timeout, max_delay=5)
         return self.refresh(instance)
 
-    def _teardown(self, server_id, key_name, fip_id, generated, name) -> None:
+    def _teardown(self, server_id, key_name, fips, generated, name) -> None:
         """Remove what a launch made; each step runs even if an earlier one failed."""
         errors: list[str] = []
-        for step in (lambda: fip_id and self.api.delete("network", f"/v2.0/floatingips/{fip_id}",
-                                                        "releasing a floating IP"),
-                     lambda: server_id and (self._delete_server(server_id), self._wait_gone(server_id, name)),
-                     lambda: key_name and self._delete_key_pair(key_name),
-                     lambda: _remove_files(generated)):
+        fips = [fips] if isinstance(fips, str) else list(fips or [])
+        for step in ([lambda f=f: self.net.release(f) for f in fips] +
+                     [lambda: server_id and (self._delete_server(server_id), self._wait_gone(server_id, name)),
+                      lambda: key_name and self._delete_key_pair(key_name),
+                      lambda: _remove_files(generated)]):
             try:
                 step()
             except CloudError as exc:
                 errors.append(str(exc))
         if errors:
-            raise CloudError(errors[0] + (f" (and {len(errors) - 1} more cleanup errors)" if len(errors) > 1 else ""))
+            raise CloudError(errors[0] + (f" (and {len(errors) - 1} more cleanup errors)" if len(errors) > 1 else ""),
+                             cloud=self.name, operation="destroy")
 
     def _delete_server(self, server_id: str) -> None:
         try:
-            self.api.call(f"deleting server {server_id}", self.nova.servers.delete, server_id)
+            self.nova("DELETE", f"servers/{server_id}", f"deleting server {server_id}")
         except NotFound:
             pass
 
     def _wait_gone(self, server_id: str, name: str) -> None:
-        last = ["no answer yet"]
-
         def probe():
             try:
-                server = self.api.call(f"reading server {server_id}", self.nova.servers.get, server_id)
+                status = self._server(server_id)["status"]
             except NotFound:
                 return True
-            last[0] = server.status
-            return server.status == "DELETED"
+            return True if status == "DELETED" else Pending(status)
 
-        wait_for(probe, f"server {server_id} ({name}) to be deleted", self.cfg.delete_timeout,
-                 max_delay=5, describe=lambda: last[0])
+        wait_for(probe, f"server {server_id} ({name}) to be deleted", self.cfg.destroy_timeout, max_delay=5)
 
     def _delete_key_pair(self, name: str) -> None:
         try:
-            self.api.call(f"deleting key pair {name}", self.nova.keypairs.delete, name)
+            self.nova("DELETE", f"os-keypairs/{quote(name, safe='')}", f"deleting key pair {name}")
         except NotFound:
             pass
 
-    def _forget_image(self, image_id: str) -> None:
+    def _forget_images(self, image_id: str | None, name: str, instance: Instance) -> None:
+        """Delete the image a failed create_image made (by id, and by name in case the id never came)."""
         try:
-            self.api.delete("image", f"/v2/images/{image_id}", f"deleting failed image {image_id}")
+            ids = {image_id} if image_id else set()
+            ids |= {i["id"] for i in self._find_images(name, instance)}
+            for found in ids:
+                if self.api.delete("image", f"images/{found}", f"deleting failed image {found}"):
+                    log.info("%s: deleted unfinished image %s (%s)", self.name, found, name)
         except CloudError as exc:
-            log.warning("%s", exc)
+            log.warning("%s (it is left for `fab cleanup`)", exc)
+
+
+def _addresses(server: dict, fip_address: str | None) -> dict[str, str | None]:
+    """public: the floating IP this run attached, else accessIPv4, else a floating address, else one on a
+    network named "public"; private: the first fixed IPv4 address on any other network."""
+    v4 = [(net, a) for net, items in (server.get("addresses") or {}).items() for a in items
+          if a.get("version") == 4]
+    public = fip_address or server.get("accessIPv4") or \
+        next((a["addr"] for _, a in v4 if a.get("OS-EXT-IPS:type") == "floating"), None) or \
+        next((a["addr"] for net, a in v4 if net == "public"), None)
+    private = next((a["addr"] for net, a in v4 if net != "public" and a.get("OS-EXT-IPS:type") != "floating"
+                    and a["addr"] != public), None)
+    return {"public": public or None, "private": private}
+
+
+def _network_address(server: dict, network: str) -> str | None:
+    items = (server.get("addresses") or {}).get(network, [])
+    return next((a["addr"] for a in items if a.get("version") == 4 and a.get("OS-EXT-IPS:type") != "floating"),
+                None) or next((a["addr"] for a in items if a.get("version") == 4), None)
 
 
 def _metadata(tags: dict[str, str]) -> dict[str, str]:
     """Nova metadata: string keys and values of at most 255 characters."""
     return {str(k)[:255]: str(v)[:255] for k, v in tags.items()}
-
-
-def _server_address(server, network: str | None) -> str | None:
-    """accessIPv4, else the IPv4 of `network`, else a public/floating IPv4, else any IPv4."""
-    addresses = getattr(server, "addresses", None) or {}
-    if network:
-        return next((a["addr"] for a in addresses.get(network, []) if a.get("version") == 4), None)
-    if getattr(server, "accessIPv4", None):
-        return server.accessIPv4
-    v4 = [(net, a) for net, items in addresses.items() for a in items if a.get("version") == 4]
-    for net, entry in v4:
-        if entry.get("OS-EXT-IPS:type") == "floating":
-            return entry["addr"]
-    for net, entry in v4:
-        if net == "public":
-            return entry["addr"]
-    return v4[0][1]["addr"] if v4 else None
 
 
 def _remove_files(key_file: str | None) -> None:
