@@ -1,6 +1,8 @@
 """The GCE driver against the fake compute v1 server: what it asks GCE for, and in which order."""
 from __future__ import annotations
 
+import pytest
+
 from cislaves.clouds.base import TAG_RUN, generate_keypair, standard_tags
 from tests.contract import OTHER, OWNER, make_spec, policy
 from tests.gce.conftest import NEWEST_DEBIAN, PROJECT, ZONE
@@ -174,3 +176,78 @@ def test_destroy_deletes_the_boot_disk_when_autodelete_was_turned_off(gce_cloud,
     state = fake.snapshot()
     assert state["instances"] == [] and state["disks"] == []
     assert "disks.delete" in fake.calls  # autoDelete did not remove it: the driver did
+
+
+def test_the_shared_ssh_settings_pick_the_interface_and_carry_bastion_and_proxy(make_gce, gce_server, debian12_gce,
+                                                                                 tmp_path):
+    cloud = make_gce({"ssh_interface": "private", "ssh_bastion": "jump@bastion.example:2200", "ssh_user": "ops"})
+    instance = cloud.launch(make_spec(cloud, debian12_gce, tmp_path / "a"))
+    try:
+        raw = only(gce_server.fake.snapshot()["instances"])
+        assert instance.address == raw["networkInterfaces"][0]["networkIP"]  # the internal IP
+        assert raw["networkInterfaces"][0]["accessConfigs"]  # external_ip still on: outbound NAT
+        assert (instance.jump_host, instance.user) == ("jump@bastion.example:2200", "ops")
+        assert cloud.refresh(instance).jump_host == "jump@bastion.example:2200"
+    finally:
+        cloud.destroy(instance)
+    proxied = make_gce({"ssh_proxy_command": "ssh -W %h:%p gate"})
+    instance = proxied.launch(make_spec(proxied, debian12_gce, tmp_path / "b"))
+    try:
+        assert instance.proxy_command == "ssh -W %h:%p gate"
+        listed = only(proxied.list_instances({TAG_RUN: instance.run_id}))
+        assert listed.proxy_command == "ssh -W %h:%p gate" and listed.address == instance.address
+    finally:
+        proxied.destroy(instance)
+
+
+def test_labels_hold_owner_and_run_in_label_form_and_cleanup_compares_them_so(make_gce, gce_server, debian12_gce,
+                                                                             tmp_path):
+    cloud = make_gce()
+    instance = cloud.launch(make_spec(cloud, debian12_gce, tmp_path / "k", owner="Host.A"))  # not label-safe
+    raw = only(gce_server.fake.snapshot()["instances"])
+    assert raw["labels"]["cislaves-owner"] == "host-a"
+    assert cloud.cleanup(policy(owner="Host.B")) == []  # another owner's live run
+    assert [line.split()[1] for line in cloud.cleanup(policy(owner="Host.A"))] == [instance.id]
+    assert gce_server.fake.snapshot()["instances"] == []
+
+
+def test_a_lost_image_insert_answer_and_an_image_name_someone_else_holds(gce_server, debian12_gce,
+                                                                         tmp_path, make_gce):
+    from cislaves.clouds.gce.api import Conflict
+
+    fake = gce_server.fake
+    cloud = make_gce({"api_retry_delay": 0.01})
+    spec = make_spec(cloud, debian12_gce, tmp_path / "keys")
+    instance = cloud.launch(spec)
+    try:
+        fake.lose_answer("images.insert")
+        image = cloud.create_image(instance, "cislaves-debian12-lost", standard_tags(spec.run_id, "debian12", "image"))
+        assert image.state == "available" and fake.calls.count("images.insert") == 2
+        fake.add_image(PROJECT, "cislaves-debian12-taken", labels={"team": "web"})
+        with pytest.raises(Conflict) as info:
+            cloud.create_image(instance, "cislaves-debian12-taken", standard_tags(spec.run_id, "debian12", "image"))
+        assert (info.value.code, info.value.status) == ("alreadyExists", 409)
+        assert "images.delete" not in fake.calls
+        cloud.delete_image(image)
+    finally:
+        cloud.destroy(instance)
+    assert [i["name"] for i in fake.snapshot()["images"] if f"/{PROJECT}/" in i["selfLink"]] == \
+        ["cislaves-debian12-taken"]
+
+
+def test_an_instance_name_someone_else_holds_is_a_conflict_and_stays(make_gce, gce_server, debian12_gce, tmp_path):
+    from cislaves.clouds.gce.api import Conflict
+
+    fake = gce_server.fake
+    cloud = make_gce()
+    spec = make_spec(cloud, debian12_gce, tmp_path / "keys")
+    theirs = make_spec(cloud, debian12_gce, tmp_path / "theirs", owner=OTHER)
+    theirs.name = spec.name
+    other = cloud.launch(theirs)
+    with pytest.raises(Conflict) as info:
+        cloud.launch(spec)
+    assert (info.value.code, info.value.status) == ("alreadyExists", 409)
+    assert only(fake.snapshot()["instances"])["labels"]["cislaves-run-id"] == theirs.run_id
+    assert "instances.delete" not in fake.calls
+    assert not (tmp_path / "keys").exists() or list((tmp_path / "keys").iterdir()) == []  # its key is gone
+    cloud.destroy(other)

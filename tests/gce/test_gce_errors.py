@@ -232,3 +232,28 @@ def test_a_family_with_no_image_names_the_family_and_the_setting(gce_cloud):
         gce_cloud.base_image(distros.get("rocky9"))
     assert one_line(info.value) == ("gce: no image of family 'rocky-linux-9' in project 'rocky-linux-cloud' "
                                     "(distribution rocky9); set clouds.gce.image")
+
+
+def test_errors_keep_googles_reason_and_the_http_status(make_gce, gce_server, debian12_gce, tmp_path):
+    from tests.gce.fake_gce import read_quota_exceeded
+
+    cloud = make_gce({"api_retries": 1, "api_retry_delay": 0.01})
+    with pytest.raises(CloudError) as info:
+        cloud.get_image("no-such-image")
+    assert (info.value.code, info.value.status) == ("notFound", 404)
+    gce_server.fake.inject("images.getFromFamily", http=read_quota_exceeded(), times=2)
+    with pytest.raises(CloudError) as info:
+        cloud.base_image(debian12_gce)
+    assert (info.value.code, info.value.status) == ("rateLimitExceeded", 403)
+    assert gce_server.fake.calls.count("images.getFromFamily") == 2  # api_retries: 1 -> two attempts
+    gce_server.fake.inject("instances.insert", error=("QUOTA_EXCEEDED", QUOTA))
+    with pytest.raises(CloudError) as info:
+        cloud.launch(make_spec(cloud, debian12_gce, tmp_path / "keys"))
+    assert (info.value.code, info.value.status) == ("QUOTA_EXCEEDED", 403)
+
+
+def test_ssh_settings_that_cannot_work_on_gce_name_the_key(make_gce):
+    with pytest.raises(ConfigError, match=r"clouds\.gce: .*ssh_interface: public needs external_ip: true"):
+        make_gce({"ssh_interface": "public", "external_ip": False})
+    with pytest.raises(ConfigError, match=r"clouds\.gce\.ssh_interface: .*expected public .* or private"):
+        make_gce({"ssh_interface": "ipv6"})
