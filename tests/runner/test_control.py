@@ -1,0 +1,106 @@
+"""Stopping builds: a newer patch set aborts the older one's running build within 5 s (script killed,
+instance gone); `fab cancel` aborts one; stopping the listener aborts and re-queues (the next start
+runs it again); SIGKILL of `fab listen` mid-build: the next start reaps the instance by tag and reruns."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from cislaves.ci import buildcli
+from cislaves.ci.runner import log_dir_for
+from cislaves.waiting import wait_for
+from tests.ci.helpers import job_rows, stop_process
+from tests.cli import REPO, fab
+from tests.runner.conftest import builds_of, running_instances, wait_for_builds
+
+pytestmark = [pytest.mark.root, pytest.mark.usefixtures("no_leftovers")]
+SLEEPER = "echo running\nsleep 600\n"
+
+
+def wait_running(config, count=1, timeout=60):
+    """Wait until `count` builds print `running` from their scripts; return those builds."""
+    def probe():
+        found = []
+        for build in builds_of(config):
+            output = log_dir_for(config.relative("logs"), build) / "job-output.txt"
+            if build.state == "running" and output.exists() and "| running\n" in output.read_text():
+                found.append(build)
+        return found if len(found) >= count else None
+    return wait_for(probe, f"{count} script(s) running", timeout, first_delay=0.05, max_delay=0.2)
+
+
+def test_a_newer_patch_set_aborts_within_5s_and_cancel_aborts(make_config, listener, gerrit):
+    config = make_config([{"name": "unit", "body": SLEEPER}])
+    listener(config)
+    gerrit.upload_commit(90, {"a.py": "x = 1\n"})
+    [first] = wait_running(config)
+    [machine] = running_instances(config)
+    gerrit.upload_commit(90, {"a.py": "x = 2\n"})
+
+    def first_aborted():
+        build = next(b for b in builds_of(config) if b.id == first.id)
+        gone = machine.id not in [i.id for i in running_instances(config)]
+        return build if build.state == "finished" and gone else None
+    aborted = wait_for(first_aborted, "the old patch set's build aborted and its instance gone", 5,
+                       first_delay=0.05, max_delay=0.1)
+    assert (aborted.result, aborted.detail) == ("ABORTED", "superseded by patch set 2")
+    [second] = [b for b in wait_running(config) if b.patchset == 2]
+    assert buildcli.cancel(config, second.job_id) == f"job {second.job_id}: 1 running build(s) asked to stop"
+    [done, _] = wait_for_builds(config, 2)
+    assert (done.id, done.result, done.detail) == (second.id, "ABORTED", "cancelled by fab cancel")
+    assert {j.id: j.state for j in job_rows(config)} == {first.job_id: "cancelled", second.job_id: "cancelled"}
+    lines = buildcli.logs(config, second.job_id, lines=3)
+    assert lines[0].startswith(f"== unit build {second.id}: ABORTED") and "[cislaves] result: ABORTED" in lines[-1]
+    assert running_instances(config) == []
+
+
+def test_a_stopping_listener_aborts_and_the_next_start_reruns(make_config, listener, gerrit):
+    config = make_config([{"name": "unit", "body": SLEEPER}])
+    service = listener(config)
+    gerrit.upload_commit(91, {"a.py": "x = 1\n"})
+    [first] = wait_running(config)
+    service.stop(grace=10)
+    service.runner.stop()
+    [stopped] = builds_of(config)
+    assert (stopped.result, stopped.rerun) == ("ABORTED", True)
+    assert [j.state for j in job_rows(config)] == ["queued"]
+    assert running_instances(config) == []
+    config = make_config([{"name": "unit", "body": "echo second run\n"}])
+    listener(config)
+    [rerun, old] = wait_for_builds(config, 2)
+    assert rerun.result == "SUCCESS" and rerun.job_id == old.job_id == first.job_id
+    assert [j.state for j in job_rows(config)] == ["succeeded"]
+
+
+def test_sigkill_of_fab_listen_mid_build_is_reaped_and_rerun(make_config, gerrit):
+    config = make_config([{"name": "unit", "body": SLEEPER}])
+    env = {**os.environ, "CISLAVES_CONFIG": str(config.path), "CISLAVES_DATA_DIR": "", "CISLAVES_MANIFEST": ""}
+
+    def listen():
+        return subprocess.Popen(["fab", "listen"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    proc = listen()
+    try:
+        wait_for(lambda: gerrit.streaming() > 0, "fab listen to stream events", 30)
+        gerrit.upload_commit(92, {"a.py": "x = 1\n"})
+        [first] = wait_running(config)
+        [machine] = running_instances(config)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+        assert machine.id in [i.id for i in running_instances(config)]  # left behind by the killed listener
+        config = make_config([{"name": "unit", "body": "echo second run\n"}])
+        proc = listen()
+        [rerun, old] = wait_for_builds(config, 2)
+        assert (old.id, old.result, old.rerun) == (first.id, "ABORTED", True)
+        assert rerun.result == "SUCCESS" and rerun.job_id == first.job_id
+        assert running_instances(config) == []
+        jobs = fab("jobs", env={"CISLAVES_CONFIG": str(config.path)})
+        row = [line for line in jobs.stdout.splitlines() if line.startswith(f"{first.job_id} ") and "nova" in line]
+        assert len(row) == 1 and "unit" in row[0] and "SUCCESS" in row[0] and rerun.log_dir in row[0]
+    finally:
+        status, err = stop_process(proc)
+    assert status == 0, err
