@@ -46,9 +46,10 @@ class FakeGCE(FakeCompute):
         warnings = []
         if state == "DEPRECATED":
             replacement = image["deprecated"].get("replacement")
-            warnings.append(("DEPRECATED_RESOURCE_USED", f"The resource '{self.resolve(image['selfLink'], project)}'"
-                             f" is deprecated." + (f" A suggested replacement is '{self.resolve(replacement, project)}'."
-                                                   if replacement else "")))
+            text = f"The resource '{self.resolve(image['selfLink'], project)}' is deprecated."
+            if replacement:
+                text += f" A suggested replacement is '{self.resolve(replacement, project)}'."
+            warnings.append(("DEPRECATED_RESOURCE_USED", text))
         fault = self.fault_for("instances.insert")
         link = self._link(project, f"zones/{zone}/instances", name)
         if fault and fault.conflict:
@@ -94,7 +95,8 @@ class FakeGCE(FakeCompute):
                   "zone": self._link(project, "zones", zone), "labels": {"team": "someone-else"},
                   "machineType": self._link(project, f"zones/{zone}/machineTypes", "e2-small"),
                   "metadata": {"kind": "compute#metadata", "items": []}, "disks": [],
-                  "networkInterfaces": [{"kind": "compute#networkInterface", "name": "nic0", "networkIP": "10.128.0.250",
+                  "networkInterfaces": [{"kind": "compute#networkInterface", "name": "nic0",
+                                         "networkIP": "10.128.0.250",
                                          "network": self._link(project, "global/networks", "default")}],
                   "creationTimestamp": _stamp(), "selfLink": link}
         fault.error = ("RESOURCE_ALREADY_EXISTS", f"The resource 'projects/{project}/zones/{zone}/instances/{name}'"

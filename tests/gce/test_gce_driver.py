@@ -143,7 +143,8 @@ def test_cleanup_removes_leftover_disks_of_runs_not_kept(gce_cloud, gce_server):
     fake.add_disk(PROJECT, ZONE, "other-host", {"cislaves-tool": "cislaves", "cislaves-owner": OTHER,
                                                 "cislaves-run-id": "theirs"})
     fake.add_disk(PROJECT, ZONE, "other-expired", {"cislaves-tool": "cislaves", "cislaves-owner": OTHER,
-                                                   "cislaves-run-id": "gone", "cislaves-expires": "2026-01-01t00-00-00z"})
+                                                   "cislaves-run-id": "gone",
+                                                   "cislaves-expires": "2026-01-01t00-00-00z"})
     fake.add_disk(PROJECT, ZONE, "not-ours", {"team": "web"})
     removed = gce_cloud.cleanup(policy(keep={"live"}))
     assert sorted(removed) == [f"disk left-by-crash (zone {ZONE}, run old-run, run ended)",
@@ -251,3 +252,31 @@ def test_an_instance_name_someone_else_holds_is_a_conflict_and_stays(make_gce, g
     assert "instances.delete" not in fake.calls
     assert not (tmp_path / "keys").exists() or list((tmp_path / "keys").iterdir()) == []  # its key is gone
     cloud.destroy(other)
+
+
+def test_a_suspended_instance_is_resumed_and_stopped_for_imaging(gce_cloud, gce_server, debian12_gce, tmp_path):
+    from cislaves.waiting import wait_for
+
+    fake = gce_server.fake
+
+    def suspend():  # as `gcloud compute instances suspend` does
+        with fake.lock:
+            fake.instance_action(PROJECT, ZONE, instance.id, "suspend")
+        wait_for(lambda: fake.snapshot()["instances"][0]["status"] == "SUSPENDED", "SUSPENDED", 10)
+
+    spec = make_spec(gce_cloud, debian12_gce, tmp_path / "keys")
+    instance = gce_cloud.launch(spec)
+    try:
+        suspend()
+        assert gce_cloud.refresh(instance).state == "stopped"
+        started = gce_cloud.start(instance)
+        assert started.state == "running" and started.extra["status"] == "RUNNING" and started.address
+        assert fake.calls.count("instances.resume") == 1 and "instances.start" not in fake.calls
+        suspend()
+        image = gce_cloud.create_image(instance, "cislaves-debian12-suspended",
+                                       standard_tags(spec.run_id, "debian12", "image"))
+        assert image.state == "available"
+        assert fake.calls.count("instances.stop") == 1  # the suspended instance was stopped to image its disk
+        gce_cloud.delete_image(image)
+    finally:
+        gce_cloud.destroy(instance)

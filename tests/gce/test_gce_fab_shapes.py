@@ -4,7 +4,6 @@ another client won, operation warnings, deprecated and obsolete images, an insta
 external IP, a SUSPENDED instance; and the shared SSH settings' old names (issue 10)."""
 from __future__ import annotations
 
-import json
 import re
 
 from cislaves.waiting import wait_for
@@ -17,11 +16,6 @@ FAST_RETRIES = {"api_retries": 4, "api_retry_delay": 0.01}
 
 def instances(fake) -> list[dict]:
     return fake.snapshot()["instances"]
-
-
-def state_runs(tmp_path) -> dict:
-    path = tmp_path / "fab-data" / "state.json"
-    return json.loads(path.read_text()).get("runs", {}) if path.exists() else {}
 
 
 def up(env, *args):
@@ -86,8 +80,8 @@ def test_a_name_another_client_won_is_a_conflict_and_their_instance_stays(gce_se
     result = up(gce_fab_env())
     line = the_error_line(result)
     assert re.match(rf"^error: \[gce/debian12\] up failed: gce: creating instance (cislaves-debian12-\S+) in {ZONE} "
-                    rf"failed: projects/{PROJECT}/zones/{ZONE}/instances/\1 already exists \(RESOURCE_ALREADY_EXISTS\); "
-                    rf"it was not created by this run and is left alone", line), line
+                    rf"failed: projects/{PROJECT}/zones/{ZONE}/instances/\1 already exists "
+                    rf"\(RESOURCE_ALREADY_EXISTS\); it was not created by this run and is left alone", line), line
     (theirs,) = instances(fake)
     assert theirs["labels"] == {"team": "someone-else"} and theirs["status"] == "RUNNING"
     assert "instances.delete" not in fake.calls and "disks.delete" not in fake.calls
@@ -101,7 +95,8 @@ def test_a_deprecated_image_warns_and_the_operation_warnings_are_logged(gce_serv
     result = up(env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert ("gce: image projects/debian-cloud/global/images/debian-12-bookworm-v20250101 is DEPRECATED; its "
-            "suggested replacement is projects/debian-cloud/global/images/debian-12-bookworm-v20261110") in result.stderr
+            "suggested replacement is projects/debian-cloud/global/images/debian-12-bookworm-v20261110"
+            ) in result.stderr
     assert re.search(r"gce: creating instance \S+ in \S+: warning DEPRECATED_RESOURCE_USED: The resource "
                      r"'projects/debian-cloud/global/images/debian-12-bookworm-v20250101' is deprecated\.",
                      result.stderr), result.stderr

@@ -87,7 +87,10 @@ class GCECloud(Cloud):
         source = next((d["source"] for d in data.get("disks", []) if d.get("boot")), None)
         if not source:
             raise CloudError(f"gce: instance {instance.name} has no boot disk to image")
-        self.stop(instance)
+        if self.stop(instance).extra.get("status") == "SUSPENDED":
+            # a suspended instance still holds its disk: stop it (dropping the saved memory) to image the disk
+            self._instance_op(instance, "stop", f"stopping suspended instance {instance.name}")
+            self._until(instance, STOPPED, "stopped (TERMINATED)")
         distribution = tags.get(TAG_DISTRIBUTION) or instance.distribution
         image_name = resource_name(name)
         family = resource_name(self.settings.image_family.format(distribution=distribution))
@@ -327,8 +330,7 @@ class GCECloud(Cloud):
         self._wait(operation, what, timeout or self.settings.launch_timeout)
 
     def _until(self, instance: Instance, statuses: set[str], wanted: str, need_address: bool = False) -> Instance:
-        """Poll the instance until its GCE status is in `statuses`; the updated record (raw status in
-        extra["status"])."""
+        """Poll the instance until its GCE status is in `statuses`; the updated record."""
         def probe():
             data = self._instance_data(instance)
             if data is None:
@@ -337,9 +339,7 @@ class GCECloud(Cloud):
 
         data = wait_for(probe, f"instance {instance.name} to be {wanted}", self.settings.launch_timeout,
                         max_delay=self.settings.poll_max_delay)
-        merged = gce_records.merge(self.settings, instance, data, need_address=need_address)
-        merged.extra = {**merged.extra, "status": data.get("status")}
-        return merged
+        return gce_records.merge(self.settings, instance, data, need_address=need_address)
 
     def _image_ready(self, name: str):
         data = self._call(self._api().images().get(project=self.project, image=name), f"reading image {name}")

@@ -79,7 +79,7 @@ def merge(settings, instance: Instance, data: dict[str, Any], *, need_address: b
     nic = (data.get("networkInterfaces") or [{}])[0]
     public = next((c.get("natIP") for c in nic.get("accessConfigs") or [] if c.get("natIP")), None)
     boot = next((basename(d["source"]) for d in data.get("disks", []) if d.get("boot") and d.get("source")), None)
-    extra = {**instance.extra, **({"boot_disk": boot} if boot else {})}
+    extra = {**instance.extra, **({"boot_disk": boot} if boot else {}), "status": data.get("status")}  # GCE's own
     updated = dataclasses.replace(instance, state=STATES.get(data.get("status", ""), "unknown"), extra=extra,
                                   created=utc(data.get("creationTimestamp")) or instance.created,
                                   tags={**instance.tags, **tags_from_labels(data.get("labels"))})
