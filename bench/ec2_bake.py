@@ -3,7 +3,8 @@
 Two measurements, both against moto's EC2 server (127.0.0.1, started here) behind the tests' counting
 proxy:
 1. driver only, in process: base_image, launch, create_image, copy_image (one region), destroy, with
-   no SSH; prints the time of each call and the EC2 API calls (and HTTP requests) of one bake.
+   no SSH; prints the time of each call and the EC2 API calls (and HTTP requests) of one bake; then one
+   cleanup on an account another host shares (its kept instances stay; two dead runs go).
 2. (root, with the local cloud's cached debian12 image) the real `fab it:cloud=ec2,distribution=debian12`
    whose SSH steps reach a local-cloud machine through the ssh_host override, provisioning with the
    minimal package set plus a trivial extra script:
@@ -46,6 +47,7 @@ def main() -> int:
         proxy = EC2Proxy(url).start()
         try:
             driver_only(proxy, Path(tmp))
+            cleanup_on_a_shared_account(proxy, Path(tmp))
             if os.geteuid() != 0:
                 print("fab it: skipped (needs root for the local-cloud machine the SSH steps reach)")
                 return 0
@@ -90,6 +92,40 @@ def driver_only(proxy, tmp: Path) -> None:
           + ", ".join(f"{k} {v}" for k, v in sorted(actions.items())))
     for made in [image, *copies]:
         cloud.delete_image(made)
+    cloud.close()
+
+
+def cleanup_on_a_shared_account(proxy, tmp: Path, others: int = 3) -> None:
+    """One cleanup on an account where another host keeps `others` instances and one run of this host
+    crashed and one expired run of the other host lies around: time, calls, what it removed."""
+    from cislaves import distros
+    from cislaves.clouds.base import CleanupPolicy, LaunchSpec, new_run_id, standard_tags
+    from cislaves.clouds.ec2 import EC2Cloud
+
+    cloud = EC2Cloud({"endpoint_url": proxy.url, "poll_max_delay": 0.2}, tmp)
+    centos7 = distros.get("centos7")
+    base = cloud.base_image(centos7)
+
+    def launch(owner: str, ttl_hours: float = 24):
+        run_id = new_run_id()
+        name = f"bench-{run_id}"
+        return cloud.launch(LaunchSpec(distribution=centos7, image=base, run_id=run_id, name=name, key_dir=tmp / name,
+                                       tags=standard_tags(run_id, "centos7", "bake", name=name, owner=owner,
+                                                          ttl_hours=ttl_hours)))
+
+    kept = [launch("obenchother01") for _ in range(others)]
+    launch("obenchmine001")  # crashed: this host's state does not know it
+    launch("obenchother01", ttl_hours=-1)  # expired
+    before, calls = len(proxy.actions), sum(cloud.clients.calls.values())
+    started = time.monotonic()
+    removed = cloud.cleanup(CleanupPolicy(owner="obenchmine001"))
+    wall = time.monotonic() - started
+    kinds = collections.Counter(line.rsplit(" (", 1)[0].rsplit(" ", 1)[0] for line in removed)
+    print(f"cleanup on a shared account (moto; another host keeps {others} instances): {wall:.2f}s, "
+          f"{sum(cloud.clients.calls.values()) - calls} EC2 API calls ({len(proxy.actions) - before} requests); "
+          f"removed " + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())))
+    for instance in kept:
+        cloud.destroy(instance)
     cloud.close()
 
 

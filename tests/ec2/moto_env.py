@@ -117,3 +117,23 @@ def image_of_new_instance(cloud, distribution, key_dir: Path, name: str, before_
         return spec, cloud.create_image(instance, name, standard_tags(spec.run_id, distribution.name, "image"))
     finally:
         cloud.destroy(instance)
+
+
+def unfinished_image(proxy, cloud, instance, spec, name):
+    """An AMI whose wait timed out and whose removal failed (as if the process died meanwhile); the
+    cloud must have max_attempts=1 (no retry of the failed DeregisterImage) and a short image_timeout."""
+    from cislaves.clouds.base import TAG_OWNER, standard_tags
+    from cislaves.errors import WaitTimeout
+
+    proxy.hold_pending()
+    proxy.fail("DeregisterImage", 1, code="InternalError", status=500)
+    try:
+        cloud.create_image(instance, name, standard_tags(spec.run_id, instance.distribution, "image",
+                                                         owner=spec.tags[TAG_OWNER]))
+    except WaitTimeout:
+        pass
+    else:
+        raise AssertionError("the image wait did not time out")
+    finally:
+        proxy.release()
+    return name

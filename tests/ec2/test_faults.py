@@ -43,8 +43,11 @@ def test_throttling_beyond_the_retry_budget_is_one_line_and_leaves_nothing(proxy
     cloud = make_cloud(proxy.url, max_attempts=2)
     spec = make_spec(cloud, centos7, tmp_path / "keys")
     proxy.fail("CreateSecurityGroup", 2)
-    with pytest.raises(CloudError, match=r"^ec2 create_security_group in us-west-2 failed: RequestLimitExceeded: "):
+    with pytest.raises(CloudError, match=r"^ec2 create_security_group in us-west-2 failed: RequestLimitExceeded: ") \
+            as err:
         cloud.launch(spec)
+    assert (err.value.code, err.value.status, err.value.operation) == ("RequestLimitExceeded", 503,
+                                                                       "create_security_group")
     assert proxy.count("CreateSecurityGroup") == 2
     assert left(spec.run_id) == []  # the key pair imported before it was deleted again
     assert list((tmp_path / "keys").iterdir()) == []
@@ -54,8 +57,9 @@ def test_refused_launch_removes_key_pair_and_security_group(proxy, make_cloud, c
     cloud = make_cloud(proxy.url)
     spec = make_spec(cloud, centos7, tmp_path / "keys")
     proxy.fail("RunInstances", 1, code="InsufficientInstanceCapacity", status=400)
-    with pytest.raises(CloudError, match="run_instances in us-west-2 failed: InsufficientInstanceCapacity"):
+    with pytest.raises(CloudError, match="run_instances in us-west-2 failed: InsufficientInstanceCapacity") as err:
         cloud.launch(spec)
+    assert (err.value.cloud, err.value.code, err.value.status) == ("ec2", "InsufficientInstanceCapacity", 400)
     assert {"ImportKeyPair", "CreateSecurityGroup", "DeleteKeyPair", "DeleteSecurityGroup"} <= set(proxy.actions)
     assert left(spec.run_id) == []
 

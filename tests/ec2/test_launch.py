@@ -1,4 +1,4 @@
-"""Launching: key pairs, security groups, tags, volumes, SSH addresses, settings; and cleanup."""
+"""Launching: key pairs, security groups, tags, volumes, SSH addresses, settings."""
 import stat
 from pathlib import Path
 
@@ -57,7 +57,7 @@ def test_an_existing_key_pair_and_security_groups_are_used_and_kept(make_cloud, 
     public = generate_keypair(tmp_path / "mine")
     moto_ec2.import_key_pair(KeyName=f"mine-{tmp_path.name}", PublicKeyMaterial=public.encode())
     group = moto_ec2.create_security_group(GroupName=f"mine-{tmp_path.name}", Description="mine")["GroupId"]
-    cloud = make_cloud(key_pair=f"mine-{tmp_path.name}", key_filename=str(tmp_path / "mine"),
+    cloud = make_cloud(ssh_key_pair=f"mine-{tmp_path.name}", ssh_private_key_file=str(tmp_path / "mine"),
                        security_group_ids=[group], instance_type="t3.small", spot=True, root_volume_size=20)
     spec = make_spec(cloud, distros.get("ubuntu14.04"), tmp_path / "keys")
     instance = cloud.launch(spec)
@@ -100,7 +100,8 @@ def write_config(tmp_path, text):
     ("clouds:\n  ec2:\n    ssh_cidrs: [everywhere]\n", {}, r"clouds.ec2.ssh_cidrs: .*'everywhere' is not a CIDR"),
     ("{}\n", {"AWS_REGION": "Oregon"}, r"^environment AWS_REGION: String should match pattern"),
     ("{}\n", {"AWS_KEY_PAIR": "mine"},
-     r"clouds.ec2: .*key_pair \(AWS_KEY_PAIR\) and key_filename \(AWS_KEY_FILENAME\) go together"),
+     r"clouds.ec2: .*ssh_key_pair \(AWS_KEY_PAIR\) needs ssh_private_key_file \(AWS_KEY_FILENAME\)"),
+    ("clouds:\n  ec2:\n    ssh_interface: ipv6\n", {}, r"clouds.ec2.ssh_interface: Input should be 'public_ip'"),
     ("clouds:\n  ec2:\n    base_images:\n      centos7: {ami: centos}\n", {},
      r"clouds.ec2.base_images.centos7.ami: String should match pattern"),
     ("clouds:\n  ec2:\n    profile: nope\n", {},
@@ -121,14 +122,15 @@ def test_environment_variables_configure_the_driver(tmp_path):
     cloud = clouds.get("ec2", config.load(write_config(tmp_path, "clouds:\n  ec2:\n    region: us-east-1\n"),
                                           environ=environ))
     s = cloud.settings
-    assert (s.region, s.instance_type, s.key_pair, s.key_filename) == ("eu-central-1", "m5.large", "ci", key)
+    assert (s.region, s.instance_type, s.ssh_key_pair, s.ssh_private_key_file) == ("eu-central-1", "m5.large",
+                                                                                "ci", key)
     assert (s.root_volume_size, s.ssh_interface, s.spot) == (48, "public_ip", False)
     cloud.close()
 
 
 def test_missing_key_file_is_a_config_error_and_creates_nothing(proxy, make_cloud, centos7, tmp_path):
-    cloud = make_cloud(proxy.url, key_pair="ci", key_filename=str(tmp_path / "absent"))
-    with pytest.raises(ConfigError, match=r"^AWS_KEY_FILENAME \(clouds.ec2.key_filename\): .*absent is not a file"):
+    cloud = make_cloud(proxy.url, ssh_key_pair="ci", ssh_private_key_file=str(tmp_path / "absent"))
+    with pytest.raises(ConfigError, match=r"^clouds.ec2.ssh_private_key_file: .*absent does not exist"):
         cloud.launch(make_spec(cloud, centos7, tmp_path / "keys"))
     assert set(proxy.actions) == {"DescribeImages"}
 
@@ -139,25 +141,6 @@ def test_no_credentials_is_one_clear_line(make_cloud, centos7, monkeypatch):
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     with pytest.raises(CloudError, match="^ec2: no AWS credentials found: set AWS_ACCESS_KEY_ID"):
         make_cloud().base_image(centos7)
-
-
-def test_cleanup_removes_what_a_crashed_run_left_and_keeps_other_runs(make_cloud, centos7, left, tmp_path):
-    cloud = make_cloud()
-    crashed = make_spec(cloud, centos7, tmp_path / "crashed")
-    kept = make_spec(cloud, centos7, tmp_path / "kept")
-    lost = cloud.launch(crashed)  # its process "died": nobody calls destroy
-    alive = cloud.launch(kept)
-    try:
-        removed = cloud.cleanup(keep_run_ids={kept.run_id})
-        assert f"ec2 instance {lost.id} (run {crashed.run_id})" in removed
-        assert f"ec2 key pair {lost.extra['temporary_key_pair']} (run {crashed.run_id})" in removed
-        assert f"ec2 security group {lost.extra['temporary_security_group']} (run {crashed.run_id})" in removed
-        assert left(crashed.run_id) == []
-        assert cloud.refresh(alive).state == "running"
-        assert len(left(kept.run_id)) == 4  # instance, key pair, group, volume
-    finally:
-        cloud.destroy(alive)
-    assert left(kept.run_id) == []
 
 
 def test_destroying_an_instance_known_only_from_a_listing_removes_its_temporaries(make_cloud, centos7, left,

@@ -1,121 +1,26 @@
-"""EC2 plumbing for the driver: settings, boto3 clients with adaptive retries, tag and error helpers.
+"""EC2 plumbing for the driver: boto3 clients with adaptive retries, error translation, tag helpers.
 
 Kept apart from cislaves.clouds.ec2 so the driver module reads as the cloud interface only.
 """
 from __future__ import annotations
 
 import collections
-import ipaddress
 import logging
 import re
-from pathlib import Path
-from typing import Any, Literal
-
-from pydantic import Field, field_validator, model_validator
+from typing import Any
 
 from cislaves import TOOL, __version__
-from cislaves.clouds.base import TAG_RUN, TAG_TOOL
-from cislaves.config import Strict
+from cislaves.clouds.base import TAG_TOOL
+from cislaves.clouds.ec2.settings import Settings
 from cislaves.errors import CloudError, ConfigError
 
 log = logging.getLogger(__name__)
 
-REGION = r"^[a-z]{2}(-[a-z]+)+-\d+$"
-AMI_ID = r"^ami-[0-9a-f]{8,17}$"
 # EC2 states of instances this tool still holds (terminated/shutting-down ones are gone).
 LIVE_STATES = ["pending", "running", "stopping", "stopped"]
 NOT_FOUND = ("InvalidInstanceID.NotFound", "InvalidAMIID.NotFound", "InvalidAMIID.Unavailable",
              "InvalidAMIID.Malformed", "InvalidGroup.NotFound", "InvalidKeyPair.NotFound",
-             "InvalidSnapshot.NotFound", "InvalidInstanceID.Malformed")
-# AMI names: 3-128 characters of letters, digits and ()[] ./-'@_
-AMI_NAME_BAD = re.compile(r"[^A-Za-z0-9()\[\] ./\-'@_]")
-
-
-class BaseImageSetting(Strict):
-    """How to pick the base AMI of one distribution: a fixed id, or an owner and name pattern."""
-
-    ami: str | None = Field(None, pattern=AMI_ID)
-    owner: str | None = None
-    name: str | None = None
-
-    @model_validator(mode="after")
-    def _something(self):
-        if not (self.ami or self.owner or self.name):
-            raise ValueError("give 'ami', or 'owner' and/or 'name' (an AMI name pattern)")
-        return self
-
-
-class Settings(Strict):
-    """The `clouds.ec2` section. Credentials are never here: boto3's chain finds them."""
-
-    region: str = Field("us-west-2", pattern=REGION)
-    profile: str | None = None
-    endpoint_url: str | None = Field(None, pattern=r"^https?://")
-    instance_type: str = Field("t2.medium", pattern=r"^[a-z0-9-]+\.[a-z0-9-]+$")
-    key_pair: str | None = None
-    key_filename: Path | None = None
-    subnet_id: str | None = Field(None, pattern=r"^subnet-[0-9a-f]+$")
-    associate_public_ip: bool | None = None
-    security_group_ids: list[str] = Field(default_factory=list)
-    ssh_cidrs: list[str] = Field(default_factory=lambda: ["0.0.0.0/0"], min_length=1)
-    root_volume_size: int = Field(48, ge=1, le=16384)
-    root_volume_type: str = "gp3"
-    spot: bool = False
-    spot_max_price: str | None = Field(None, pattern=r"^\d+(\.\d+)?$")
-    iam_instance_profile: str | None = None
-    tags: dict[str, str] = Field(default_factory=dict)
-    copy_regions: list[str] = Field(default_factory=list)
-    base_images: dict[str, BaseImageSetting] = Field(default_factory=dict)
-    ssh_interface: Literal["public_ip", "private_ip", "public_dns", "private_dns"] = "public_ip"
-    ssh_host: str | None = None
-    ssh_port: int = Field(22, ge=1, le=65535)
-    ssh_user: str | None = None
-    ssh_bastion: str | None = Field(None, pattern=r"^([^@\s]+@)?[^@:\s]+(:\d+)?$")
-    ssh_proxy_command: str | None = None
-    launch_timeout: float = Field(900, gt=0)
-    image_timeout: float = Field(3600, gt=0)
-    destroy_timeout: float = Field(600, gt=0)
-    poll_max_delay: float = Field(5, gt=0)
-    max_attempts: int = Field(10, ge=1, le=50)
-
-    @field_validator("copy_regions")
-    @classmethod
-    def _regions(cls, value: list[str]) -> list[str]:
-        for region in value:
-            if not re.match(REGION, region):
-                raise ValueError(f"{region!r} is not a region name like eu-west-1")
-        return value
-
-    @field_validator("ssh_cidrs")
-    @classmethod
-    def _cidrs(cls, value: list[str]) -> list[str]:
-        for cidr in value:
-            try:
-                ipaddress.ip_network(cidr)
-            except ValueError:
-                raise ValueError(f"{cidr!r} is not a CIDR like 203.0.113.0/24") from None
-        return value
-
-    @field_validator("tags")
-    @classmethod
-    def _tags(cls, value: dict[str, str]) -> dict[str, str]:
-        for key in value:
-            if key.lower().startswith("aws:") or not 0 < len(key) <= 128:
-                raise ValueError(f"tag key {key!r} must be 1-128 characters, not starting with 'aws:'")
-        return value
-
-    @model_validator(mode="after")
-    def _key_pair_needs_file(self):
-        if bool(self.key_pair) != bool(self.key_filename):
-            raise ValueError("key_pair (AWS_KEY_PAIR) and key_filename (AWS_KEY_FILENAME) go together: "
-                             "set both, or neither for a temporary key pair per run")
-        if self.ssh_bastion and self.ssh_proxy_command:
-            raise ValueError("set ssh_bastion or ssh_proxy_command, not both")
-        return self
-
-
-ENV = {"region": "AWS_REGION", "instance_type": "AWS_INSTANCE_TYPE", "key_pair": "AWS_KEY_PAIR",
-       "key_filename": "AWS_KEY_FILENAME"}
+             "InvalidSnapshot.NotFound", "InvalidInstanceID.Malformed", "InvalidVolume.NotFound")
 
 
 class Clients:
@@ -166,30 +71,54 @@ class Clients:
 
 def call(clients: Clients, operation: str, region: str | None = None, *, ignore_missing: bool = False,
          **params) -> dict[str, Any]:
-    """Call an EC2 operation; AWS errors become one-line CloudErrors naming the operation and region.
+    """Call an EC2 operation; AWS errors become one-line CloudErrors naming the operation and region,
+    carrying EC2's error code (`code`) and the HTTP status (`status`).
 
-    With ignore_missing, a 'does not exist' answer returns {} (for idempotent deletes and lookups).
+    With ignore_missing, a 'does not exist' answer (by code) returns {} (for idempotent deletes and lookups).
     """
-    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
-
     region = region or clients.settings.region
     try:
         return getattr(clients(region), operation)(**params)
-    except ClientError as exc:
-        code = error_code(exc)
-        if ignore_missing and code in NOT_FOUND:
+    except Exception as exc:
+        error = translate(exc, operation, region)
+        if error is None:
+            raise
+        if ignore_missing and error.code in NOT_FOUND:
             return {}
-        message = exc.response.get("Error", {}).get("Message", "")
-        raise CloudError(f"ec2 {operation} in {region} failed: {code}: {message}") from None
-    except NoCredentialsError:
-        raise CloudError("ec2: no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
-                         "AWS_PROFILE, or run where an instance role applies") from None
-    except BotoCoreError as exc:
-        raise CloudError(f"ec2 {operation} in {region} failed: {exc}") from None
+        raise error from None
 
 
-def error_code(exc: Exception) -> str:
-    return getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+def pages(clients: Clients, operation: str, key: str, region: str | None = None, **params) -> list[dict]:
+    """Every item under `key` of a paginated describe call (translated errors, like `call`)."""
+    region = region or clients.settings.region
+    try:
+        paginator = clients(region).get_paginator(operation)
+        return [item for page in paginator.paginate(**params) for item in page.get(key, [])]
+    except Exception as exc:
+        error = translate(exc, operation, region)
+        if error is None:
+            raise
+        raise error from None
+
+
+def translate(exc: Exception, operation: str, region: str) -> CloudError | None:
+    """botocore's exception as a CloudError (None for anything that is not botocore's)."""
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        code = error.get("Code") or None
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return CloudError(f"ec2 {operation} in {region} failed: {code}: {error.get('Message', '')}",
+                          cloud="ec2", operation=operation, code=code, status=status)
+    if isinstance(exc, NoCredentialsError):
+        return CloudError("ec2: no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+                          "AWS_PROFILE, or run where an instance role applies", cloud="ec2", operation=operation,
+                          code="NoCredentials")
+    if isinstance(exc, BotoCoreError):
+        return CloudError(f"ec2 {operation} in {region} failed: {exc}", cloud="ec2", operation=operation,
+                          code=type(exc).__name__)
+    return None
 
 
 def aws_tags(tags: dict[str, str]) -> list[dict[str, str]]:
@@ -208,18 +137,6 @@ def tag_filters(filters: dict[str, str] | None) -> list[dict[str, Any]]:
     """EC2 filters for our tool's tag plus the given tag key -> value pairs."""
     wanted = {TAG_TOOL: TOOL, **(filters or {})}
     return [{"Name": f"tag:{k}", "Values": [v]} for k, v in wanted.items()]
-
-
-def run_of(resource: dict[str, Any]) -> str | None:
-    return tag_dict(resource.get("Tags")).get(TAG_RUN)
-
-
-def ami_name(name: str, stamp: str) -> str:
-    """A valid, unique AMI name: EC2's characters only, with a UTC timestamp unless one is there."""
-    name = AMI_NAME_BAD.sub("-", name).strip() or TOOL
-    if not re.search(r"\d{8}[T-]?\d{6}", name):
-        name = f"{name}-{stamp}"
-    return name[-128:] if len(name) > 128 else name
 
 
 def expand_proxy(command: str, host: str, port: int) -> str:
