@@ -87,6 +87,8 @@ class FakeOpenStack:
         self.image_faults: list[str] = []  # next snapshots end in these states (killed, deleted, gone)
         self.requests: list[tuple[str, str, int]] = []
         self.interrupts: list[tuple[str, re.Pattern]] = []  # requests that send SIGINT to the client
+        self.lost: list[tuple[str, re.Pattern, int]] = []  # requests done whose answer is an error instead
+        self.links_given: list[str] = []  # Glance `next` links, as the fake wrote them
         self.httpd: ThreadingHTTPServer | None = None
         self.thread: threading.Thread | None = None
 
@@ -164,6 +166,11 @@ class FakeOpenStack:
         """Deliver a KeyboardInterrupt to the main thread (the client) when this request arrives."""
         with self.lock:
             self.interrupts.append((method, re.compile(path)))
+
+    def lose_answer(self, method, path, status=503) -> None:
+        """Carry out the next request matching method and path, then answer `status` (the answer is lost)."""
+        with self.lock:
+            self.lost.append((method, re.compile(path), status))
 
     def server_error(self, message="No valid host was found. There are not enough hosts available.") -> None:
         self.server_faults.append(message)
@@ -353,6 +360,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._dispatch("DELETE")
 
     def _send(self, status, body=None, headers=None):
+        if getattr(self, "_lose", None):  # done, but the client hears an error
+            status, body, headers, self._lose = self._lose, _nova_error(self._lose, "answer lost"), {}, None
         data = json.dumps(body).encode() if body is not None else b""
         self.cloud.requests.append((self.command, self._path, status))  # before the client can see the answer
         self.send_response(status)
@@ -393,6 +402,11 @@ class _Handler(BaseHTTPRequestHandler):
                 if hook[0] == method and hook[1].search(path):
                     cloud.interrupts.remove(hook)
                     _thread.interrupt_main()
+            self._lose = None
+            for lost in list(cloud.lost):
+                if lost[0] == method and lost[1].search(path):
+                    cloud.lost.remove(lost)
+                    self._lose = lost[2]
             if path.startswith("/identity"):
                 return self._identity(method, path[len("/identity"):], body)
             if self.headers.get("X-Auth-Token") not in cloud.tokens:
@@ -538,6 +552,7 @@ class _Handler(BaseHTTPRequestHandler):
             if len(images) > limit:  # Glance's next link: the request's filters, the limit and the marker
                 params = {k: v[0] for k, v in query.items() if k not in ("marker", "limit")}
                 reply["next"] = f"/v2/images?{urlencode({**params, 'limit': limit, 'marker': page[-1]['id']})}"
+                cloud.links_given.append(reply["next"])
             return self._send(200, reply)
         match = re.fullmatch(r"/v2/images/([^/]+)", path)
         image = cloud.images.get(match.group(1)) if match else None
