@@ -1,10 +1,11 @@
 """Base-image selection, image creation, region copies and image lines, against moto."""
+import boto3
 import pytest
 
 from cislaves import distros
-from cislaves.clouds.base import TAG_DISTRIBUTION, TAG_RUN, TAG_TOOL, standard_tags
+from cislaves.clouds.base import TAG_DISTRIBUTION, TAG_EXPIRES, TAG_OWNER, TAG_RUN, TAG_TOOL, standard_tags
 from cislaves.errors import ConfigError
-from tests.contract import make_spec
+from tests.contract import OWNER, make_spec
 from tests.ec2.moto_env import CENTOS_OWNER, image_of_new_instance
 
 CENTOS_78, CENTOS_79, CENTOS_ARM, IMPOSTOR = ("ami-0c7e000000000701", "ami-0c7e000000000702",
@@ -82,6 +83,11 @@ def test_create_image_names_tags_copies_and_lines(make_cloud, centos7, tmp_path,
         assert made.tags[TAG_RUN] == spec.run_id and made.tags[TAG_TOOL] == "cislaves"
         assert made.tags[TAG_DISTRIBUTION] == "centos7" and made.tags["team"] == "ci"
         assert made.tags["Name"] == "cislaves-centos7"
+        found = boto3.client("ec2", region_name=made.region, endpoint_url=moto_url).describe_images(
+            ImageIds=[made.id])["Images"][0]
+        real = {t["Key"]: t["Value"] for t in found["Tags"]}
+        assert real[TAG_OWNER] == OWNER and "cislaves:unfinished" not in real  # inherited from the instance
+        assert real[TAG_EXPIRES] == tags[TAG_EXPIRES]  # the final expiry, not the unfinished one
     assert [(c.region, c.source_image) for c in copies] == [(r, image.id) for r in regions]
     assert cloud.image_lines([image, *copies]) == [f"Image:{image.id} us-west-2"] + [
         f"Image:{c.id} {c.region}" for c in copies]

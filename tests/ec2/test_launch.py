@@ -5,9 +5,10 @@ from pathlib import Path
 import pytest
 
 from cislaves import clouds, config, distros
-from cislaves.clouds.base import TAG_DISTRIBUTION, TAG_EXPIRES, TAG_ROLE, TAG_RUN, TAG_TOOL, generate_keypair
+from cislaves.clouds.base import (TAG_DISTRIBUTION, TAG_EXPIRES, TAG_OWNER, TAG_ROLE, TAG_RUN, TAG_TOOL,
+                                  generate_keypair)
 from cislaves.errors import CloudError, ConfigError
-from tests.contract import make_spec
+from tests.contract import OWNER, make_spec
 
 
 def describe(moto_ec2, instance_id):
@@ -36,14 +37,14 @@ def test_launch_tags_everything_and_destroy_removes_every_temporary(make_cloud, 
         assert volume["Size"] == 48
         (mapping,) = found["BlockDeviceMappings"]
         assert mapping["DeviceName"] == "/dev/sda1" and mapping["Ebs"]["DeleteOnTermination"] is True
-        assert tags_of(volume)[TAG_RUN] == spec.run_id
+        assert (tags_of(volume)[TAG_RUN], tags_of(volume)[TAG_OWNER]) == (spec.run_id, OWNER)
         pair = moto_ec2.describe_key_pairs(KeyNames=[found["KeyName"]])["KeyPairs"][0]
-        assert tags_of(pair)[TAG_RUN] == spec.run_id
+        assert (tags_of(pair)[TAG_RUN], tags_of(pair)[TAG_OWNER]) == (spec.run_id, OWNER)
         key_file = Path(instance.key_file)
         assert stat.S_IMODE(key_file.stat().st_mode) == 0o600 and key_file.parent == tmp_path / "keys"
         (group,) = found["SecurityGroups"]
         group = moto_ec2.describe_security_groups(GroupIds=[group["GroupId"]])["SecurityGroups"][0]
-        assert tags_of(group)[TAG_RUN] == spec.run_id
+        assert (tags_of(group)[TAG_RUN], tags_of(group)[TAG_OWNER]) == (spec.run_id, OWNER)
         (rule,) = group["IpPermissions"]
         assert (rule["FromPort"], rule["ToPort"], rule["IpRanges"][0]["CidrIp"]) == (22, 22, "203.0.113.0/24")
     finally:
@@ -165,6 +166,21 @@ def test_a_subnet_puts_the_instance_and_its_group_in_that_vpc(make_cloud, centos
     cloud.destroy(instance)
     assert found["SubnetId"] == subnet and instance.address.startswith("10.77.1.")
     assert group["SecurityGroups"][0]["VpcId"] == vpc
+    assert left(spec.run_id) == []
+    moto_ec2.delete_subnet(SubnetId=subnet)
+    moto_ec2.delete_vpc(VpcId=vpc)
+
+
+def test_no_address_on_the_chosen_interface_is_one_line_and_leaves_nothing(make_cloud, centos7, moto_ec2, left,
+                                                                         tmp_path):
+    vpc = moto_ec2.create_vpc(CidrBlock="10.78.0.0/16")["Vpc"]["VpcId"]
+    subnet = moto_ec2.create_subnet(VpcId=vpc, CidrBlock="10.78.1.0/24")["Subnet"]["SubnetId"]
+    cloud = make_cloud(subnet_id=subnet, associate_public_ip=False)  # ssh_interface: public_ip (the default)
+    spec = make_spec(cloud, centos7, tmp_path / "keys")
+    with pytest.raises(CloudError, match=r"^ec2: instance i-\w+ has no public_ip address to connect to; it has: "
+                                         r"private, .*private_ip \(set ssh_interface\)$") as err:
+        cloud.launch(spec)
+    assert err.value.code == "NoAddress"
     assert left(spec.run_id) == []
     moto_ec2.delete_subnet(SubnetId=subnet)
     moto_ec2.delete_vpc(VpcId=vpc)
