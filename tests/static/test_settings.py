@@ -70,7 +70,8 @@ def test_cloud_level_ssh_settings_are_the_hosts_defaults(tmp_path):
     a, b = (cloud.settings.ssh_for(cloud.hosts[n]) for n in "ab")
     assert (a.ssh_host, a.ssh_user, a.ssh_port, a.ssh_private_key_file) == \
         ("192.0.2.1", "ci", 2222, tmp_path / "segredos" / "keys" / "shared")
-    assert (b.ssh_user, b.ssh_port, str(b.ssh_private_key_file), b.ssh_bastion) == ("root", 22, "/keys/b", "me@jump:2200")
+    assert (b.ssh_user, b.ssh_port, str(b.ssh_private_key_file), b.ssh_bastion) == \
+        ("root", 22, "/keys/b", "me@jump:2200")
 
 
 @pytest.mark.parametrize("section, expected", [

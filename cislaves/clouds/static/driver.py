@@ -28,6 +28,7 @@ from cislaves.clouds.ssh import apply_ssh
 from cislaves.clouds.static.leases import Leases, holder_text, stale
 from cislaves.clouds.static.settings import Host, Settings
 from cislaves.errors import CloudError, ConfigError, NotSupported
+from cislaves.interrupts import shielded
 from cislaves.keys import public_key_of
 from cislaves.records import isoformat, utcnow
 
@@ -100,7 +101,8 @@ class StaticCloud(Cloud):
                                      "waiting for its SSH", cloud=self.name, operation="launch", code="LeaseLost")
                 self.leases.put(instance, "leased")
         except BaseException:
-            self.leases.release(host.name, spec.run_id)  # a local file: nothing on the host to undo
+            with shielded():  # a local file: nothing on the host to undo
+                self.leases.release(host.name, spec.run_id)
             raise
         return self.refresh(instance)
 
