@@ -92,6 +92,9 @@ def rebake(config, only: str | None = None, dry_run: bool = False,
             + (", dry run" if dry_run else ""))
         results = run_targets(targets, sessions, settings, say)
         ok = [r for r in results if r.status == "ok"]
+        summary = summary_lines(results)
+        for line in summary:
+            say(line)
         lines: list[str] = []
         if publish_file is not None and ok:
             lines += _publish(config, settings, publish_file, ok, dry_run, say)
@@ -104,8 +107,7 @@ def rebake(config, only: str | None = None, dry_run: bool = False,
         report = _report(rebake_id, results, time.monotonic() - started, log_path, dry_run, lines)
         report_path = log_dir / f"{rebake_id}.json"
         report["report"] = str(report_path)
-        summary = summary_lines(results)
-        for line in summary + lines:
+        for line in lines:
             say(line)
         write_json(report_path, report, mode=0o644)
         for line in notify.send(settings.notify, report, summary, config.environ):

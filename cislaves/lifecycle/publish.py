@@ -49,7 +49,13 @@ def render(text: str, changes: list[tuple[list[str], str]], where: str) -> str:
     """`text` with each (key path, value) set; only the affected lines change."""
     yaml = _yaml()
     before = _load(yaml, text, where)
-    expected = copy.deepcopy(_plain(before))
+    shared = {}  # an anchored id changes with its aliases (the YAML's own meaning)
+    for path, value in changes:
+        parent = _walk(before, path, where, False, dict) if before is not None else None
+        old = parent.get(path[-1]) if parent is not None else None
+        if old is not None and getattr(getattr(old, "anchor", None), "value", None):
+            shared[id(old)] = value
+    expected = copy.deepcopy(_plain(before, shared))
     for path, value in changes:
         _set_plain(expected, path, value, where)
     new_text, pending = text, []
@@ -163,12 +169,16 @@ def _load(yaml: YAML, text: str, where: str):
         raise ConfigError(f"{where}{line}: not valid YAML: {getattr(exc, 'problem', None) or exc}") from None
 
 
-def _plain(node: Any) -> Any:
-    """Plain Python data of a round-trip document (for comparing meaning, not form)."""
+def _plain(node: Any, replace: dict[int, str] | None = None) -> Any:
+    """Plain Python data of a round-trip document (for comparing meaning, not form); `replace` maps
+    the identity of anchored scalars to new values (every alias of them follows)."""
+    replace = replace or {}
+    if id(node) in replace:
+        return replace[id(node)]
     if isinstance(node, dict):
-        return {str(k): _plain(v) for k, v in node.items()}
+        return {str(k): _plain(v, replace) for k, v in node.items()}
     if isinstance(node, list):
-        return [_plain(v) for v in node]
+        return [_plain(v, replace) for v in node]
     if isinstance(node, str):
         return str(node)
     return node
@@ -188,13 +198,18 @@ def _walk(node: Any, path: list[str], where: str, create: bool, factory):
             node[key] = factory()
         node = node[key]
         if not isinstance(node, (dict, list)):
-            raise PublishError(f"{where}: {here} is a {type(node).__name__}, expected a mapping")
+            raise PublishError(f"{where}: {here} is {_kind(node)}, expected a mapping")
     if not isinstance(node, dict):
         raise PublishError(f"{where}: {'.'.join(path[:-1])} is not a mapping")
     old = node.get(path[-1])
     if isinstance(old, (dict, list)):
-        raise PublishError(f"{where}: {'.'.join(path)} holds a {type(old).__name__}, expected an image id")
+        raise PublishError(f"{where}: {'.'.join(path)} holds {_kind(old)}, expected an image id")
     return node
+
+
+def _kind(node: Any) -> str:
+    return {str: "a string", dict: "a mapping", list: "a list"}.get(
+        next((t for t in (str, dict, list) if isinstance(node, t)), None), f"a {type(node).__name__}")
 
 
 def _set_plain(data, path, value, where):
@@ -250,8 +265,11 @@ def _splice(text: str, path: list[str], value: str, where: str) -> str | None:
         end = start + q.end()
         new = _quote(value, tail[:1])
     else:
-        p = re.match(r"[^\s#][^#\n\r]*?(?=[ \t]+#|[ \t]*\r?\n|[ \t]*$)", tail)
-        if not p or p.group(0)[:1] in "[{|>":
+        flow = getattr(parent, "fa", None) is not None and parent.fa.flow_style()
+        plain = (r"[^\s#,\[\]{}][^#,\[\]{}\n\r]*?(?=[ \t]*[,}\]]|[ \t]+#|[ \t]*\r?\n|[ \t]*$)" if flow
+                 else r"[^\s#][^#\n\r]*?(?=[ \t]+#|[ \t]*\r?\n|[ \t]*$)")
+        p = re.match(plain, tail)
+        if not p or p.group(0)[:1] in "[{|>*" and not p.group(0).startswith("*"):
             return None
         end = start + p.end()
         new = value if PLAIN_SAFE.match(value) else _quote(value, "'")

@@ -55,7 +55,7 @@ def prune(config, targets: Iterable, keep: int, *, published: set[str], dry_run:
         groups: dict[tuple, list[Image]] = {}
         for image in found:
             dist = image.distribution or image.tags.get(TAG_DISTRIBUTION)
-            if image.tags.get(TAG_ROLE, "image") != "image" or dist not in distributions:
+            if image.tags.get(TAG_ROLE) != "image" or dist not in distributions:
                 continue
             if image.tags.get(TAG_OWNER) != owner:
                 continue  # another host's: it prunes its own

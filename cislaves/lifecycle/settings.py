@@ -59,10 +59,13 @@ class Target(Strict):
         cloud's own region setting."""
         raw = merge(copy.deepcopy(config.raw), self.config)
         raw.pop("rebake", None)
+        environ = dict(config.environ)
         field = region_field(self.cloud)
         if self.region and field:
             raw.setdefault("clouds", {}).setdefault(self.cloud, {})[field] = self.region
-        return Config(raw, config.path, config.environ)
+            # the target's region wins over the cloud's region variable (AWS_REGION, OS_REGION_NAME)
+            environ.pop(getattr(clouds.driver_class(self.cloud), "ENV", {}).get(field, ""), None)
+        return Config(raw, config.path, environ)
 
 
 class Git(Strict):
