@@ -426,7 +426,11 @@ class OpenStackCloud(Cloud):
                                  f"{self.cfg.address_network!r} (clouds.{self.name}.address_network); its networks: "
                                  f"{has}", cloud=self.name, operation="launch", code="NoAddress")
             addresses, default = {**addresses, "network": found}, "network"
-        return apply_ssh(instance, self.cfg, addresses, default_interface=default, default_user=user)
+        apply_ssh(instance, self.cfg, addresses, default_interface=default, default_user=user)
+        if instance.proxy_command:  # OpenSSH's %h/%p (paramiko runs the command as given)
+            instance.proxy_command = re.sub(r"%[hp%]", lambda m: {"%h": instance.address, "%p": str(instance.port),
+                                                                  "%%": "%"}[m.group(0)], self.cfg.ssh_proxy_command)
+        return instance
 
     def _image(self, data: dict, distribution: str | None = None) -> Image:
         tags = {k: v for k, v in data.items() if isinstance(v, str) and (k.startswith(f"{TOOL}:") or k == "Name")}
