@@ -1,8 +1,8 @@
 """Two hosts (two data dirs, two config files) sharing one moto account, through the real `fab`.
 
 Host A keeps an instance made by `fab up`, has a bake truly in progress (`fab it`, held inside its
-wait for the new instance by the proxy in front of moto), and left expired resources of a run that
-crashed long ago. Host B's `fab cleanup:cloud=ec2` must remove only those expired leftovers;
+wait for the new instance by the proxy in front of moto), an AMI of its kept instance being made (held
+pending by the proxy), and left expired resources of a run that crashed long ago. Host B's `fab cleanup:cloud=ec2` must remove only those expired leftovers;
 `fab cleanup:cloud=ec2,all_owners=true` is the explicit wider sweep, which still spares B's own
 kept instance.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from cislaves.clouds.base import TAG_RUN, generate_keypair
+from cislaves.clouds.base import TAG_RUN, generate_keypair, standard_tags
 from tests.cli import REPO, fab
 from tests.contract import make_spec
 from tests.ec2.moto_env import unfinished_image
@@ -46,6 +46,42 @@ class Host:
     @property
     def owner(self) -> str:
         return (self.data / "owner").read_text().strip()
+
+
+class ImageInProgress:
+    """An AMI of host A's kept instance being made (create_image in a thread here), held `pending` by the
+    proxy from start() until finish(), which returns the finished image."""
+
+    def __init__(self, proxy, cloud, run_id: str, owner: str):
+        self.proxy, self.cloud, self.run_id, self.owner = proxy, cloud, run_id, owner
+        self.waiting = threading.Event()
+        self.result: dict = {}
+        self.thread = threading.Thread(target=self._make, name="a-image", daemon=True)
+
+    def start(self) -> None:
+        self.proxy.hold_pending()
+        self.proxy.on("DescribeImages:pending", lambda params: self.waiting.set())
+        self.thread.start()
+        assert self.waiting.wait(timeout=60), "the image never became pending"
+
+    def stop(self) -> None:
+        self.proxy.release()
+        if self.thread.ident is not None:
+            self.thread.join(timeout=120)
+
+    def finish(self):
+        self.stop()
+        if "error" in self.result:
+            raise self.result["error"]
+        return self.result.get("image")
+
+    def _make(self) -> None:
+        try:
+            (source,) = self.cloud.list_instances({TAG_RUN: self.run_id})
+            self.result["image"] = self.cloud.create_image(source, "cislaves-a-in-progress", standard_tags(
+                self.run_id, "centos7", "image", owner=self.owner))
+        except BaseException as exc:  # the test thread reports it
+            self.result["error"] = exc
 
 
 def removed_lines(output: str) -> list[str]:
@@ -92,10 +128,12 @@ def test_cleanup_on_a_shared_account_spares_the_other_hosts_bake_and_instance(pr
     out, err = open(tmp_path / "bake.out", "w+"), open(tmp_path / "bake.err", "w+")
     proc = subprocess.Popen(["fab", "it:cloud=ec2,distribution=centos7"], cwd=REPO, env={**os.environ, **a.env},
                             stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+    imaging = ImageInProgress(proxy, make_cloud(proxy.url, image_timeout=300), kept_run, a.owner)
     try:
         assert held.wait(timeout=120), "A's bake never waited for its instance"
         in_progress = left(bake["run"])
         assert len(in_progress) == 4, in_progress  # instance, volume, temporary key pair and group
+        imaging.start()
 
         lines = removed_lines(b.fab("cleanup:cloud=ec2").stdout)
         assert f"instance {old.id} (run {old_spec.run_id}: expired)" in lines
@@ -106,12 +144,16 @@ def test_cleanup_on_a_shared_account_spares_the_other_hosts_bake_and_instance(pr
         assert left(old_spec.run_id) == []
         assert proc.poll() is None, "A's bake ended while B cleaned up"
         assert left(bake["run"]) == in_progress
-        assert instance_of(moto_ec2, kept)["State"]["Name"] == "running" and len(left(kept_run)) == 4
+        assert instance_of(moto_ec2, kept)["State"]["Name"] == "running"
+        assert sorted(r.split(" ")[1] for r in left(kept_run)) == ["image", "instance", "key", "security", "volume"]
+        image = imaging.finish()  # A's AMI in progress was left alone too, and is done now
+        assert image.state == "available" and "cislaves:unfinished" not in image.tags
 
         proc.send_signal(signal.SIGINT)  # A's bake ends as interrupted bakes do: removing its run
         assert proc.wait(timeout=120) == 130
     finally:
         release.set()
+        imaging.stop()
         if proc.poll() is None:
             proc.kill()
     err.seek(0)
@@ -124,6 +166,9 @@ def test_cleanup_on_a_shared_account_spares_the_other_hosts_bake_and_instance(pr
     assert f"instance {kept} (run {kept_run}: all owners)" in lines
     assert any(line.startswith("security group sg-") and kept_run in line for line in lines), lines
     assert not any(mine in line or run_of(moto_ec2, mine) in line for line in lines), lines
+    # a finished AMI is a result, not a leftover: it stays, with its snapshot
+    assert [r.rsplit(" ", 1)[0] for r in left(kept_run)] == ["us-west-2 image", "us-west-2 snapshot"]
+    imaging.cloud.delete_image(image)
     assert left(kept_run) == []
     assert instance_of(moto_ec2, mine)["State"]["Name"] == "running"
     assert a.fab("destroy:cloud=ec2").stdout.strip() == f"Destroyed {kept}"  # gone already: A just forgets it
