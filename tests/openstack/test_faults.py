@@ -88,6 +88,7 @@ def test_a_client_error_is_not_retried(cloud, fake, debian12, tmp_path):
     with pytest.raises(CloudError) as exc:
         cloud.launch(make_spec(cloud, debian12, tmp_path))
     assert "uploading key pair" in one_line(exc) and "HTTP 400" in one_line(exc)
+    assert (exc.value.status, exc.value.code) == (400, "badRequest")  # Nova's fault, kept as data
     assert fake.statuses("POST", r"/os-keypairs$") == [400]
     assert leftovers(fake) == NOTHING
 

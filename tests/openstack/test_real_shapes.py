@@ -148,6 +148,15 @@ def test_floating_ip_goes_on_the_port_of_the_routed_network(fake, tmp_path):
     assert leftovers(fake) == NOTHING
 
 
+def test_network_ambiguity_keeps_novas_status_and_code(make_cloud, fake, debian12, tmp_path):
+    fake.add_network("isolated")
+    cloud = make_cloud()
+    with pytest.raises(CloudError) as exc:
+        cloud.launch(make_spec(cloud, debian12, tmp_path))
+    assert (exc.value.status, exc.value.code) == (409, "conflictingRequest")
+    assert leftovers(fake) == NOTHING
+
+
 def test_nat_destination_picks_the_port_and_neutron_refusal_is_kept_as_data(make_cloud, fake, debian12, tmp_path):
     fake.add_network("isolated")
     cloud = make_cloud(networks=["isolated", "private"], floating_network="public", nat_destination="isolated")

@@ -79,7 +79,8 @@ class OpenStackCloud(Cloud):
         self._api = self._net = None
 
     def describe(self) -> dict[str, Any]:
-        return {"auth_url": self.cfg.auth_url, "region": self.cfg.region_name, "flavor": self.cfg.flavor,
+        region = self._api.region if self._api is not None else self.cfg.region_name
+        return {"auth_url": self.cfg.auth_url, "region": region, "flavor": self.cfg.flavor,
                 "project": self.cfg.project_name or self.cfg.tenant_name or self.cfg.project_id}
 
     def image_lines(self, images: list[Image]) -> list[str]:
