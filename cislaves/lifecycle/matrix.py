@@ -180,7 +180,7 @@ def bake_one(result: Result, config, settings, say, stop: threading.Event) -> No
         result.images = made
         if settings.validate_:
             try:
-                s.current = "validate"
+                s.validating = True
                 validate_image(s, made[0])
             except BaseException:
                 with interrupts.shielded():
@@ -212,13 +212,14 @@ class TargetSession(bake.Session):
         super().__init__(config, target.cloud, target.distribution, out=out)
         self.target = target
         self.current = "up"
+        self.validating = False  # steps of the validation show as validate/up, validate/tests
 
     def label(self, distribution: str | None = None) -> str:
         return f"[{self.target.key}]"
 
     def step(self, name: str):
         if not name.endswith("destroy"):
-            self.current = name
+            self.current = f"validate/{name}" if self.validating else name
         return super().step(name)
 
 

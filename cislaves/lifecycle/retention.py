@@ -41,7 +41,9 @@ def prune(config, targets: Iterable, keep: int, *, published: set[str], dry_run:
     state = State(config.data_dir)
     owner = state.owner_id()
     live_runs = set(state.runs())
-    validated = {b.get("artifact_id") for b in manifest.builds(config.manifest) if b.get("validated")}
+    builds = manifest.builds(config.manifest)
+    validated = {b.get("artifact_id") for b in builds if b.get("validated")}
+    order = {b.get("artifact_id"): index for index, b in enumerate(builds)}  # bake order breaks time ties
     decisions: list[Decision] = []
     seen: set[tuple[str, str]] = set()
     for cloud, cfg, distributions in _clouds_of(config, targets):
@@ -62,7 +64,7 @@ def prune(config, targets: Iterable, keep: int, *, published: set[str], dry_run:
             image.distribution = dist
             groups.setdefault((image.region, dist), []).append(image)
         here = [d for group in groups.values() for d in decide(group, keep, validated, published, in_use,
-                                                              live_runs)]
+                                                              live_runs, order)]
         decisions += here
         gone = []
         driver = clouds.get(cloud, cfg)
@@ -89,13 +91,14 @@ def prune(config, targets: Iterable, keep: int, *, published: set[str], dry_run:
 
 
 def decide(group: list[Image], keep: int, validated: set[str], published: set[str], in_use: set[str],
-           live_runs: set[str]) -> list[Decision]:
-    """The retention rule for one cloud/region/distribution group (pure: the tests read it too)."""
-    group = sorted(group, key=lambda i: (i.created or "", i.id), reverse=True)
-    newest_validated = next((i.created or "" for i in group if i.id in validated), None)
+           live_runs: set[str], order: dict[str, int] | None = None) -> list[Decision]:
+    """The retention rule for one cloud/region/distribution group, newest first."""
+    order = order or {}
+    group = sorted(group, key=lambda i: (i.created or "", order.get(i.id, -1), i.id), reverse=True)
     kept_validated = 0
     out = []
     for image in group:
+        newer_validated = kept_validated > 0 or any(d.image.id in validated for d in out)
         if image.id in published:
             out.append(Decision(image, "keep", "published"))
         elif image.id in in_use:
@@ -108,7 +111,7 @@ def decide(group: list[Image], keep: int, validated: set[str], published: set[st
                 out.append(Decision(image, "keep", f"validated, newest {kept_validated} of {keep}"))
             else:
                 out.append(Decision(image, "delete", f"validated, older than the newest {keep}"))
-        elif newest_validated is not None and (image.created or "") < newest_validated:
+        elif newer_validated:
             out.append(Decision(image, "delete", "not validated, superseded by a validated image"))
         else:
             out.append(Decision(image, "keep", "not validated, newer than any validated image"))
