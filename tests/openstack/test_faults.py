@@ -104,6 +104,15 @@ def test_ctrl_c_during_launch_removes_the_server_and_key_pair(cloud, fake, debia
     assert leftovers(fake) == NOTHING
 
 
+def test_ctrl_c_while_the_floating_ip_is_allocated_releases_it(make_cloud, fake, debian12, tmp_path):
+    cloud = make_cloud(floating_network="public")
+    fake.interrupt_on("POST", r"/floatingips$")  # Neutron allocates it; its id never reaches the client
+    with pytest.raises(KeyboardInterrupt):
+        cloud.launch(make_spec(cloud, debian12, tmp_path))
+    assert fake.statuses("POST", r"/floatingips$") == [201]
+    assert leftovers(fake) == NOTHING
+
+
 def test_ctrl_c_while_saving_the_image_deletes_it(cloud, fake, debian12, tmp_path):
     spec = make_spec(cloud, debian12, tmp_path)
     instance = cloud.launch(spec)

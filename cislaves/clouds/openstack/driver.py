@@ -120,7 +120,11 @@ class OpenStackCloud(ImageMethods, Cloud):
             try:
                 if made["server"] is None:  # interrupted while the create was in flight: find it by its tags
                     made["server"] = (self._find_server(spec) or {}).get("id")
-                self._teardown(made["server"], made["key_pair"], made["fip"],
+                fips = [made["fip"]] if made["fip"] else []
+                if self.cfg.floating_network and made["server"] and not fips:  # the allocation's answer never came
+                    fips = [f["id"] for f in self.net.floating_ips_of(made["server"])
+                            if (tagging.fip_tags(f.get("description")) or {}).get(TAG_RUN) == spec.run_id]
+                self._teardown(made["server"], made["key_pair"], fips,
                                str(key.private_key_file) if key.temporary else None, spec.name)
             except CloudError as exc:  # the launch's own error is the one to report
                 log.error("%s: cleaning up after the failed launch of %s: %s", self.name, spec.name, exc)
