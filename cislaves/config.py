@@ -166,7 +166,7 @@ class Config:
         if model is None:
             return values
         try:  # validators may resolve paths against the config file's folder: info.context["config"].relative
-            return model.model_validate(values, context={"config": self})
+            return model.model_validate(values, context={"config": self, "from_env": set(from_env)})
         except ValidationError as exc:
             first = exc.errors()[0]
             top = str(first["loc"][0]) if first["loc"] else ""

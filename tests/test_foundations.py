@@ -130,3 +130,18 @@ def test_a_signal_during_a_shielded_block_waits_until_it_ends(signame, tmp_path)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == ["cleanup finished", "interrupted after cleanup", "interrupted at once"]
+
+
+def test_a_relative_private_key_path_means_the_config_files_folder(tmp_path, monkeypatch):
+    from cislaves import config as config_mod
+    from cislaves.clouds.ssh import SSHSettings
+
+    (tmp_path / "segredos").mkdir()
+    cfg = tmp_path / "segredos" / "cislaves.yaml"
+    cfg.write_text("clouds:\n  demo:\n    ssh_private_key_file: keys/demo\n")
+    monkeypatch.chdir(tmp_path)
+    loaded = config_mod.load(cfg, environ={})
+    assert loaded.section("clouds.demo", SSHSettings).ssh_private_key_file == tmp_path / "segredos" / "keys" / "demo"
+    from_env = config_mod.load(cfg, environ={"DEMO_KEY": "keys/mine"})
+    settings = from_env.section("clouds.demo", SSHSettings, env={"ssh_private_key_file": "DEMO_KEY"})
+    assert str(settings.ssh_private_key_file) == "keys/mine"  # a shell user's path: the current directory

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 
 from cislaves.config import Strict
 from cislaves.errors import CloudError, ConfigError
@@ -40,6 +40,17 @@ class SSHSettings(Strict):
     launch_timeout: float = Field(900, gt=0)
     image_timeout: float = Field(3600, gt=0)
     destroy_timeout: float = Field(600, gt=0)
+
+    @field_validator("ssh_private_key_file")
+    @classmethod
+    def _relative_to_the_config_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        """A relative key path in the file means the file's folder (an environment variable's: the
+        current directory, as a shell user expects)."""
+        context = info.context or {}
+        config = context.get("config")
+        if value is None or config is None or info.field_name in context.get("from_env", ()):
+            return value
+        return config.relative(value)
 
 
 @dataclass
