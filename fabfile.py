@@ -17,7 +17,7 @@ from invoke.exceptions import Exit
 from cislaves import bake, config as config_mod, fabcompat, interrupts
 from cislaves.errors import CislavesError, Interrupted, Locked
 
-CLOUD = "cloud: local, ec2, openstack, rackspace or gce (default: config defaults.cloud, else local)"
+CLOUD = "cloud: local, ec2, openstack, rackspace, gce or static (default: config defaults.cloud, else local)"
 DIST = "distribution: debian12, centos7, ubuntu14.04, ubuntu22.04, ubuntu24.04, rocky9 (default: debian12)"
 INSTANCE = "id of the instance to act on, when the state knows several (see `fab status`)"
 _REMAINDER: list[str] = []  # words after `--` (for `fab ssh -- CMD ARGS`)
