@@ -1,11 +1,13 @@
-"""The driver's cleanup against moto: what the policy allows goes (instances, key pairs, groups,
-unfinished AMIs, orphaned snapshots), each listed; finished AMIs and kept runs stay."""
+"""The driver's cleanup against moto: what the policy allows goes (instances, key pairs, groups, detached
+volumes, unfinished AMIs, orphaned snapshots), each listed; finished AMIs, kept runs and what a live
+instance still uses stay."""
 from __future__ import annotations
 
 import boto3
 
-from cislaves.clouds.base import TAG_EXPIRES, TAG_OWNER, parse_time, standard_tags
-from tests.contract import OWNER, make_spec, policy
+from cislaves.clouds.base import TAG_EXPIRES, TAG_OWNER, generate_keypair, parse_time, standard_tags
+from cislaves.clouds.ec2.api import aws_tags
+from tests.contract import OTHER, OWNER, make_spec, policy
 from tests.ec2.moto_env import unfinished_image
 
 
@@ -65,3 +67,26 @@ def test_unfinished_amis_and_orphaned_snapshots_go_finished_amis_stay(proxy, mak
     cloud.delete_image(finished)
     assert left(spec.run_id) == []
     moto.close()
+
+
+def test_a_detached_volume_goes_and_a_key_pair_in_use_stays(make_cloud, centos7, moto_ec2, left, tmp_path):
+    cloud = make_cloud()
+    spec = make_spec(cloud, centos7, tmp_path / "keys", owner=OTHER)  # another host's live instance ...
+    expired = standard_tags(spec.run_id, "centos7", "bake", owner=OTHER, ttl_hours=-1)
+    public = generate_keypair(tmp_path / "shared-key")
+    pair = f"expired-{tmp_path.name}"[:60]  # ... logs in with a key pair whose own tags have expired
+    moto_ec2.import_key_pair(KeyName=pair, PublicKeyMaterial=public.encode(),
+                             TagSpecifications=[{"ResourceType": "key-pair", "Tags": aws_tags(expired)}])
+    user = make_cloud(ssh_key_pair=pair, ssh_private_key_file=str(tmp_path / "shared-key"))
+    instance = user.launch(spec)
+    volume = moto_ec2.create_volume(AvailabilityZone="us-west-2a", Size=1, TagSpecifications=[
+        {"ResourceType": "volume", "Tags": aws_tags(standard_tags(spec.run_id, "centos7", "bake", owner=OWNER))}])
+    try:
+        removed = cloud.cleanup(policy())
+        assert f"volume {volume['VolumeId']} (run {spec.run_id}: run ended)" in removed  # this owner's, detached
+        assert not any(pair in line or instance.id in line for line in removed), removed
+        assert moto_ec2.describe_key_pairs(KeyNames=[pair])["KeyPairs"]
+    finally:
+        user.destroy(instance)
+    assert f"key pair {pair} (run {spec.run_id}: expired)" in cloud.cleanup(policy())  # no longer in use
+    assert left(spec.run_id) == []
