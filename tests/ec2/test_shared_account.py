@@ -2,9 +2,9 @@
 
 Host A keeps an instance made by `fab up`, has a bake truly in progress (`fab it`, held inside its
 wait for the new instance by the proxy in front of moto), an AMI of its kept instance being made (held
-pending by the proxy), and left expired resources of a run that crashed long ago. Host B's `fab cleanup:cloud=ec2` must remove only those expired leftovers;
-`fab cleanup:cloud=ec2,all_owners=true` is the explicit wider sweep, which still spares B's own
-kept instance.
+pending by the proxy), and left expired resources of a run that crashed long ago. Host B's
+`fab cleanup:cloud=ec2` must remove only those expired leftovers; `fab cleanup:cloud=ec2,all_owners=true`
+is the explicit wider sweep, which still spares B's own kept instance (and finished AMIs).
 """
 from __future__ import annotations
 
