@@ -145,3 +145,21 @@ def test_a_relative_private_key_path_means_the_config_files_folder(tmp_path, mon
     from_env = config_mod.load(cfg, environ={"DEMO_KEY": "keys/mine"})
     settings = from_env.section("clouds.demo", SSHSettings, env={"ssh_private_key_file": "DEMO_KEY"})
     assert str(settings.ssh_private_key_file) == "keys/mine"  # a shell user's path: the current directory
+
+
+def test_apply_ssh_expands_the_proxy_command_and_names_a_missing_address():
+    from cislaves.clouds.ssh import SSHSettings, apply_ssh
+    from cislaves.errors import CloudError
+    from cislaves.records import Instance
+
+    settings = SSHSettings(ssh_proxy_command="ssh -W %h:%p jump # 100%%", ssh_port=2222, ssh_user="ci")
+    inst = apply_ssh(Instance("i-1", "demo", "n", "debian12", "r"), settings,
+                     {"public": "203.0.113.5", "private": "10.0.0.5"}, default_interface="public",
+                     default_user="root")
+    assert (inst.address, inst.port, inst.user) == ("203.0.113.5", 2222, "ci")
+    assert inst.proxy_command == "ssh -W 203.0.113.5:2222 jump # 100%"
+    with pytest.raises(CloudError) as err:
+        apply_ssh(Instance("i-2", "demo", "n", "debian12", "r"), SSHSettings(), {"public": None, "private": "10.0.0.6"},
+                  default_interface="public", default_user="root")
+    assert err.value.code == "NoAddress"
+    assert "no public address" in str(err.value) and "it has: private (set ssh_interface)" in str(err.value)

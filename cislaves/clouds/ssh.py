@@ -9,6 +9,7 @@ deprecation warning: a model lists them in DEPRECATED, and the config loader ren
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -95,17 +96,26 @@ def apply_ssh(instance: Instance, settings: SSHSettings, addresses: dict[str, st
     if settings.ssh_interface and settings.ssh_interface not in addresses:
         raise ConfigError(f"clouds.{instance.cloud}.ssh_interface: {settings.ssh_interface!r} is not one "
                           f"of {', '.join(sorted(addresses))}")
-    if settings.ssh_host:
-        instance.address = settings.ssh_host
-    else:
-        instance.address = addresses.get(interface)
+    instance.address = settings.ssh_host or addresses.get(interface)
+    instance.port = settings.ssh_port
+    instance.user = settings.ssh_user or default_user
+    instance.proxy_command = (expand_proxy(settings.ssh_proxy_command, instance.address or "", instance.port)
+                              if settings.ssh_proxy_command else None)
+    instance.jump_host = settings.ssh_bastion
+    if not settings.ssh_host:
         if not instance.address:
             others = [k for k, v in sorted(addresses.items()) if v]
             hint = f"; it has: {', '.join(others)} (set ssh_interface)" if others else ""
             raise CloudError(f"{instance.cloud}: instance {instance.id} has no {interface} address to "
                              f"connect to{hint}", cloud=instance.cloud, operation="launch", code="NoAddress")
-    instance.port = settings.ssh_port
-    instance.user = settings.ssh_user or default_user
-    instance.proxy_command = settings.ssh_proxy_command
-    instance.jump_host = settings.ssh_bastion
     return instance
+
+
+def expand_proxy(command: str, host: str, port: int) -> str:
+    """OpenSSH's %h, %p and %% in a ProxyCommand (paramiko does not expand them)."""
+    return re.sub(r"%[hp%]", lambda m: {"%h": host, "%p": str(port), "%%": "%"}[m.group(0)], command)
+
+
+def ssh_timeout(cloud, config) -> float:
+    """How long to wait for SSH on this cloud: its ssh_timeout (which defaults to timeouts.ssh)."""
+    return getattr(getattr(cloud, "settings", None), "ssh_timeout", None) or config.timeouts.ssh

@@ -28,6 +28,7 @@ from invoke.exceptions import CommandTimedOut
 
 from cislaves import remote
 from cislaves.records import new_run_id
+from cislaves.clouds.ssh import ssh_timeout
 from cislaves.errors import ConfigError, ProvisionError, SSHError
 
 log = logging.getLogger(__name__)
@@ -253,9 +254,9 @@ class _Session:
                      f"({self.reboots}/{self.config.provision.reboots})")
             self.close()
             if self.cloud.reboot is not None:  # the cloud reboots its own way
-                self.cloud.reboot(self.instance, self.config.timeouts.ssh)
+                self.cloud.reboot(self.instance, ssh_timeout(self.cloud, self.config))
             else:
-                remote.reboot(self.instance, self.config.data_dir, self.config.timeouts.ssh)
+                remote.reboot(self.instance, self.config.data_dir, ssh_timeout(self.cloud, self.config))
 
     def close(self) -> None:
         if self.conn is not None:
@@ -277,7 +278,7 @@ class _Session:
     def _ensure_uploaded(self) -> None:
         if self.conn is not None:
             return
-        timeout = min(self.config.timeouts.ssh, self._remaining())
+        timeout = min(ssh_timeout(self.cloud, self.config), self._remaining())
         self.conn = remote.wait_for_ssh(self.instance, self.cloud.data_dir, timeout)
         # In the login user's home, not /tmp: /tmp may be mounted noexec, and extra scripts are executed.
         made = remote.run(self.conn, ["sh", "-c", 'mktemp -d "$HOME/.cislaves-provision.XXXXXX"'], hide=True)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import re
 from typing import Any
 
 from cislaves import TOOL, __version__
@@ -137,8 +136,3 @@ def tag_filters(filters: dict[str, str] | None) -> list[dict[str, Any]]:
     """EC2 filters for our tool's tag plus the given tag key -> value pairs."""
     wanted = {TAG_TOOL: TOOL, **(filters or {})}
     return [{"Name": f"tag:{k}", "Values": [v]} for k, v in wanted.items()]
-
-
-def expand_proxy(command: str, host: str, port: int) -> str:
-    """OpenSSH's %h, %p and %% in a ProxyCommand (paramiko does not expand them)."""
-    return re.sub(r"%[hp%]", lambda m: {"%h": host, "%p": str(port), "%%": "%"}[m.group(0)], command)

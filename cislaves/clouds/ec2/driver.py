@@ -19,7 +19,7 @@ from cislaves import TOOL
 from cislaves.clouds.base import (Capabilities, TAG_RUN, CleanupPolicy, Cloud, Instance, LaunchSpec, Pending,
                                   utcnow, wait_for)
 from cislaves.clouds.ec2 import cleanup as sweep
-from cislaves.clouds.ec2.api import LIVE_STATES, Clients, call, expand_proxy, pages, tag_dict, tag_filters, tag_spec
+from cislaves.clouds.ec2.api import LIVE_STATES, Clients, call, pages, tag_dict, tag_filters, tag_spec
 from cislaves.clouds.ec2.images import ImagesMixin
 from cislaves.clouds.ec2.settings import ENV, Settings
 from cislaves.clouds.ssh import LoginKey, apply_ssh, login_key
@@ -272,8 +272,6 @@ class EC2Cloud(ImagesMixin, Cloud):
             if need_address or exc.code != "NoAddress":
                 raise
             updated.address = None  # a stopped instance has no public address: that is no error
-        if updated.proxy_command:
-            updated.proxy_command = expand_proxy(updated.proxy_command, updated.address or "", updated.port)
         return updated
 
     def _instance_of(self, found: dict) -> Instance:
