@@ -110,10 +110,11 @@ def listener(gerrit):
         jobsettings.check(config, ci)
         runner = Runner(config)
         service = Service(gerrit_settings(config), ci, queue_path(config, ci), runner)
+        before = gerrit.stream_connections
         runner.start()
         service.start()
         started.append((service, runner))
-        wait_for(lambda: gerrit.streaming() > 0, "the listener to stream events", 15)
+        wait_for(lambda: gerrit.stream_connections > before, "the listener to stream events", 15)
         service.runner = runner
         return service
 

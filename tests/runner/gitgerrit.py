@@ -85,6 +85,7 @@ class GitGerrit(FakeGerrit):
             status = await proc.wait()
             await process.stdout.drain()
             process.exit(status)
+            await process.wait_closed()  # runs asyncssh's cleanup of the redirection
             return
         await super()._process(process)
 
