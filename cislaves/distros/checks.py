@@ -1,32 +1,42 @@
-"""The `tests` step: check a provisioned instance through pytest-testinfra's paramiko backend.
+"""The `tests` step: check a provisioned instance; every check says what it expected and what it found.
 
-Every check says what it expected and what it found. Checks of things only the full package set
-installs are skipped (and say so) when `provision.package_set` is "minimal". On the local cloud a
-docker daemon cannot run inside a systemd-nspawn machine: there, and only there, the docker-running
-check is skipped with the reason when the engine is installed but not running.
+One round trip for all of them. A check is a function that asks for the results of shell commands
+(`Context.run`) and judges them. run_checks first lets every check ask; the commands asked for go to
+the instance in one SSH command that runs them side by side (each in its own login shell, stdin
+from /dev/null) and sends back each one's exit code, stdout and stderr, framed by byte counts under a
+random marker; then every check is judged locally on those results. A check that asks for another
+command only after seeing a result (none of the minimal set does) costs one more round trip, for the
+commands still missing. Per command the results are what running it alone would give: the same
+exit codes and output, so a check's "found" text is the same as when each ran on its own channel.
 
-Host keys: the testinfra backend uses the same pinned known_hosts file as every other SSH
-connection of cislaves (trust on first use, a changed key is refused): see cislaves.remote.
+Checks of things only the full package set installs are skipped (and say so) when
+`provision.package_set` is "minimal". On the local cloud a docker daemon cannot run inside a
+systemd-nspawn machine: there, and only there, the docker-running check is skipped with the reason
+when the engine is installed but not running.
+
+Host keys: the connection is cislaves' own (cislaves.remote): the instance's pinned known_hosts
+file (trust on first use, a changed key is refused), its key, its jump host or proxy command. A
+non-root login user runs the whole command through `sudo -n`.
 """
 from __future__ import annotations
 
-import functools
 import logging
+import secrets
 import shlex
-import urllib.parse
-from dataclasses import dataclass
+import socket
+from dataclasses import dataclass, field
 from typing import Any, Callable
-
-import testinfra.host
-from testinfra.backend.paramiko import ParamikoBackend
 
 from cislaves import remote
 from cislaves.distros.provision import authorized_key
-from cislaves.errors import CheckFailed
+from cislaves.errors import CheckFailed, SSHError
 
 log = logging.getLogger(__name__)
 
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
+MISSING = 99  # exit code of a fact command whose file (or user) does not exist
+NO_USER = 98
+MAX_ROUNDS = 5  # round trips at most: a check asking for more is a bug in the check
 
 
 @dataclass
@@ -50,20 +60,37 @@ class Skip(Exception):
     """Raised by a check that does not apply; the message says why."""
 
 
+class _Missing(BaseException):
+    """Raised by Context.run for commands not gathered yet (a BaseException: a check's own `except
+    Exception` must not swallow it)."""
+
+    def __init__(self, commands: list[str]):
+        super().__init__(commands)
+        self.commands = commands
+
+
+@dataclass
+class Output:
+    """A command's result as the checks see it."""
+
+    rc: int
+    stdout: str
+    stderr: str
+
+
 def run_checks(instance, distribution, config, cloud, out: Callable[[str], Any] = print) -> list[CheckResult]:
     """Run every check against `instance`; print one line per check; CheckFailed if any failed."""
     key = authorized_key(config)  # a configuration error before any connection
-    host, backend = testinfra_host(instance, cloud.data_dir, config.timeouts.ssh)
-    ctx = Context(host, distribution.name, config.ci_user.name, key, config.provision.package_set == "full",
+    ctx = Context(distribution.name, config.ci_user.name, key, config.provision.package_set == "full",
                   cloud.name, cloud.capabilities.docker_inside)
-    results = []
+    conn = remote.wait_for_ssh(instance, cloud.data_dir, config.timeouts.ssh)
     try:
-        for name, full_only, func in CHECKS:
-            result = run_one(ctx, name, full_only, func)
-            results.append(result)
-            out(result.line())
+        sudo = instance.user != "root"
+        results = judge(ctx, lambda commands: gather(conn, commands, sudo=sudo, timeout=config.timeouts.ssh))
     finally:
-        backend.close()
+        conn.close()
+    for result in results:
+        out(result.line())
     failed = [r.name for r in results if r.status == FAIL]
     passed = sum(r.status == PASS for r in results)
     skipped = sum(r.status == SKIP for r in results)
@@ -74,19 +101,24 @@ def run_checks(instance, distribution, config, cloud, out: Callable[[str], Any] 
     return results
 
 
-def testinfra_host(instance, data_dir, timeout: float):
-    """A testinfra Host on the paramiko backend whose SSH client is cislaves' own (pinned host key,
-    jump host/proxy, the instance's key). Returns (host, backend); close the backend when done."""
-    query = {"ssh_identity_file": instance.key_file} if instance.key_file else {}
-    spec = f"paramiko://{instance.user}@{instance.address}:{instance.port}"
-    if query:
-        spec += "?" + urllib.parse.urlencode(query)
-    conn = remote.wait_for_ssh(instance, data_dir, timeout)
-    backend = _PinnedParamikoBackend(spec, conn=conn, instance=instance, data_dir=data_dir,
-                                     sudo=instance.user != "root")
-    host = testinfra.host.Host(backend)
-    backend.set_host(host)
-    return host, backend
+def judge(ctx: "Context", gather_fn: Callable[[list[str]], dict[str, Output]], checks=None) -> list[CheckResult]:
+    """Every check's result, in the order of `checks` (default CHECKS), gathering the commands they ask
+    for in as few calls of `gather_fn` (commands -> {command: Output}) as their dependencies allow:
+    one for CHECKS."""
+    checks = CHECKS if checks is None else checks
+    results: dict[int, CheckResult] = {}
+    for _ in range(MAX_ROUNDS):
+        wanted: dict[str, None] = {}
+        for index, (name, full_only, func) in enumerate(checks):
+            if index not in results:
+                try:
+                    results[index] = run_one(ctx, name, full_only, func)
+                except _Missing as missing:
+                    wanted.update(dict.fromkeys(missing.commands))
+        if not wanted:
+            return [results[i] for i in range(len(checks))]
+        ctx.facts.update(gather_fn(list(wanted)))
+    raise CheckFailed(f"the checks still asked for commands after {MAX_ROUNDS} round trips")
 
 
 def run_one(ctx: "Context", name: str, full_only: bool, func) -> CheckResult:
@@ -103,24 +135,110 @@ def run_one(ctx: "Context", name: str, full_only: bool, func) -> CheckResult:
     return CheckResult(name, PASS if ok else FAIL, expected, found)
 
 
+def gather(conn, commands: list[str], *, sudo: bool, timeout: float) -> dict[str, Output]:
+    """Run `commands` side by side on the connection's host in one SSH command; {command: Output}.
+    If the whole command fails (sudo refused, the connection dropped), every command's result says so."""
+    marker = f"cislaves-{secrets.token_hex(8)}"
+    line = remote.command_line(["sh", "-c", gather_script(commands, marker)], sudo=sudo)
+    rc, data = _execute(conn, line, timeout)
+    found = parse_gathered(data, marker, len(commands))
+    if len(found) < len(commands):
+        text = data.decode("utf-8", "replace").strip()
+        reason = text.splitlines()[-1] if text else "(no output)"
+        log.debug("the checks' command on %s exited %s: %s", conn.host, rc, text[-2000:])
+        failed = Output(rc if rc else 255, "", f"the checks' command failed: {reason}")
+        return {command: found.get(i, failed) for i, command in enumerate(commands)}
+    return {command: found[i] for i, command in enumerate(commands)}
+
+
+def gather_script(commands: list[str], marker: str) -> str:
+    """The POSIX shell script gather() runs: every command in the background, then each one's
+    `MARKER index rc stdout-bytes stderr-bytes` line followed by its stdout and stderr.
+    As on an SSH channel of its own, a command runs in the login shell ($SHELL, which sshd and sudo set),
+    and its stdout and stderr are pipes (emptied into files by `cat`): some programs write differently
+    into a regular file (`sudo -l` wraps its lines at 80 columns)."""
+    lines = ['d=$(mktemp -d) || exit 125', "trap 'rm -rf \"$d\"' EXIT",
+             # the shell by its name, as sshd starts it (its messages then read "bash: ...")
+             's=${SHELL:-/bin/sh}; n=${s##*/}; [ "$(command -v "$n")" -ef "$s" ] || n=$s']
+    lines += [f'( {{ {{ "$n" -c {shlex.quote(command)} </dev/null 2>&4 4>&-; '
+              f'echo $? >"$d/{i}.r"; }} | cat >"$d/{i}.o"; }} 4>&1 | cat >"$d/{i}.e" ) & p{i}=$!'
+              for i, command in enumerate(commands)]
+    lines += [f'wait "$p{i}"' for i in range(len(commands))]
+    lines += [f'printf "%s %s %s %s %s\\n" {marker} {i} "$(cat "$d/{i}.r")" "$(wc -c <"$d/{i}.o")" '
+              f'"$(wc -c <"$d/{i}.e")"; cat "$d/{i}.o" "$d/{i}.e"' for i in range(len(commands))]
+    return "\n".join(lines) + "\n"
+
+
+def parse_gathered(data: bytes, marker: str, count: int) -> dict[int, Output]:
+    """{index: Output} from gather_script's output; whatever precedes the first marker is ignored."""
+    found: dict[int, Output] = {}
+    tag = marker.encode() + b" "
+    pos = data.find(tag)
+    while pos >= 0:
+        end = data.find(b"\n", pos)
+        if end < 0:
+            break
+        try:
+            index, rc, n_out, n_err = (int(x) for x in data[pos + len(tag):end].split())
+        except ValueError:
+            break
+        body = data[end + 1:end + 1 + n_out + n_err]
+        if len(body) < n_out + n_err or not 0 <= index < count:
+            break
+        found[index] = Output(rc, body[:n_out].decode("utf-8", "replace"), body[n_out:].decode("utf-8", "replace"))
+        pos = data.find(tag, end + 1 + n_out + n_err)
+    return found
+
+
+def _execute(conn, line: str, timeout: float) -> tuple[int, bytes]:
+    """Run one command on the open connection; (exit code, stdout and stderr as bytes)."""
+    try:
+        channel = conn.client.get_transport().open_session(timeout=timeout)
+        try:
+            channel.settimeout(timeout)
+            channel.set_combine_stderr(True)
+            channel.exec_command(line)
+            chunks = []
+            while chunk := channel.recv(65536):
+                chunks.append(chunk)
+            return channel.recv_exit_status(), b"".join(chunks)
+        finally:
+            channel.close()
+    except socket.timeout:
+        raise SSHError(f"the checks on {conn.host} did not finish within {timeout:g}s") from None
+    except (AttributeError, *remote.RETRYABLE) as exc:  # AttributeError: no transport (closed)
+        raise SSHError(f"SSH to {conn.host}:{conn.port} failed while checking: {exc}") from None
+
+
 @dataclass
 class Context:
-    """What a check gets: the testinfra host and the settings the machine was provisioned with."""
+    """What a check gets: the settings the machine was provisioned with, and the commands' results."""
 
-    host: Any  # testinfra.host.Host
     distribution: str
     user: str
     key: str
     full: bool
     cloud: str
     docker_inside: bool = True  # the cloud's capability: can a docker daemon run in its instances?
+    facts: dict[str, Output] = field(default_factory=dict)  # command -> its result on the instance
 
-    def run(self, command: str):
-        return self.host.run(command)
+    def run(self, command: str) -> Output:
+        """The result of a shell command on the instance (as root)."""
+        return self.run_all(command)[0]
 
-    def as_user(self, command: str):
+    def run_all(self, *commands: str) -> list[Output]:
+        """Results of several commands, asked for together (one round trip even if all are new)."""
+        missing = [c for c in commands if c not in self.facts]
+        if missing:
+            raise _Missing(missing)
+        return [self.facts[c] for c in commands]
+
+    def as_user(self, command: str) -> Output:
         """Run a shell command as the CI user (no login shell), from root."""
-        return self.host.run(f"su -s /bin/sh -c {shlex.quote(command)} {shlex.quote(self.user)}")
+        return self.run(self.as_user_command(command))
+
+    def as_user_command(self, command: str) -> str:
+        return f"su -s /bin/sh -c {shlex.quote(command)} {shlex.quote(self.user)}"
 
 
 def first_line(result) -> str:
@@ -147,24 +265,31 @@ def check(name: str, full_only: bool = False):
 
 @check("provisioned")
 def _provisioned(ctx: Context):
-    f = ctx.host.file("/etc/cislaves/provisioned")
     expected = f"/etc/cislaves/provisioned naming distribution={ctx.distribution}"
-    if not f.exists:
+    result = ctx.run(f"test -e /etc/cislaves/provisioned || exit {MISSING}; cat /etc/cislaves/provisioned")
+    if result.rc == MISSING:
         return False, expected, "no /etc/cislaves/provisioned (the script did not finish)"
-    content = f.content_string
-    return f"distribution={ctx.distribution}\n" in content, expected, " ".join(content.split())
+    if result.rc != 0:
+        return False, expected, outcome(result)
+    return f"distribution={ctx.distribution}\n" in result.stdout, expected, " ".join(result.stdout.split())
 
 
 @check("ci-user")
 def _ci_user(ctx: Context):
-    user = ctx.host.user(ctx.user)
     expected = f"user {ctx.user} with shell /bin/bash and a home folder"
-    if not user.exists:
+    # the passwd entry, then whether its home folder is a directory
+    result = ctx.run(f"e=$(getent passwd {shlex.quote(ctx.user)}) || exit {MISSING}; printf '%s\\n' \"$e\"; "
+                     "h=$(printf '%s' \"$e\" | cut -d: -f6); "
+                     "if [ -d \"$h\" ]; then echo directory; else echo missing; fi")
+    if result.rc == MISSING:
         return False, expected, f"no user {ctx.user}"
-    home = ctx.host.file(user.home)
-    return (user.shell == "/bin/bash" and home.is_directory, expected,
-            f"user {ctx.user} (uid {user.uid}), shell {user.shell}, home {user.home}"
-            f"{'' if home.is_directory else ' (missing)'}")
+    if result.rc != 0:
+        return False, expected, outcome(result)
+    entry, kind = result.stdout.splitlines()[:2]
+    _, _, uid, _, _, home, shell = entry.split(":")
+    is_directory = kind == "directory"
+    return (shell == "/bin/bash" and is_directory, expected,
+            f"user {ctx.user} (uid {uid}), shell {shell}, home {home}{'' if is_directory else ' (missing)'}")
 
 
 @check("ci-user-key")
@@ -174,16 +299,24 @@ def _ci_user_key(ctx: Context):
     key_type, blob = ctx.key.split()[:2]
     expected = (f"~{ctx.user}/.ssh/authorized_keys owned by {ctx.user}, mode 0600, with the configured "
                 f"{key_type} key ...{blob[-12:]}")
-    user = ctx.host.user(ctx.user)
-    if not user.exists:
+    # the home folder, then the file's owner and mode, then its content
+    result = ctx.run(f"e=$(getent passwd {shlex.quote(ctx.user)}) || exit {NO_USER}; "
+                     "h=$(printf '%s' \"$e\" | cut -d: -f6); printf '%s\\n' \"$h\"; f=\"$h/.ssh/authorized_keys\"; "
+                     f"[ -e \"$f\" ] || exit {MISSING}; stat -c '%U %a' -- \"$f\" && cat -- \"$f\"")
+    if result.rc == NO_USER:
         return False, expected, f"no user {ctx.user}"
-    f = ctx.host.file(f"{user.home}/.ssh/authorized_keys")
-    if not f.exists:
-        return False, expected, f"no {user.home}/.ssh/authorized_keys"
-    keys = [line.split()[1][-12:] for line in f.content_string.splitlines()
+    home, _, rest = result.stdout.partition("\n")
+    if result.rc == MISSING:
+        return False, expected, f"no {home}/.ssh/authorized_keys"
+    if result.rc != 0:
+        return False, expected, outcome(result)
+    stat, _, content = rest.partition("\n")
+    owner, mode_text = stat.split()
+    mode = int(mode_text, 8)
+    keys = [line.split()[1][-12:] for line in content.splitlines()
             if len(line.split()) >= 2 and not line.startswith("#")]
-    found = f"owner {f.user}, mode {f.mode:04o}, keys ending {', '.join('...' + k for k in keys) or '(none)'}"
-    return f.user == ctx.user and f.mode == 0o600 and blob[-12:] in keys, expected, found
+    found = f"owner {owner}, mode {mode:04o}, keys ending {', '.join('...' + k for k in keys) or '(none)'}"
+    return owner == ctx.user and mode == 0o600 and blob[-12:] in keys, expected, found
 
 
 @check("sudo-rule")
@@ -248,41 +381,21 @@ def _venv(ctx: Context):
 
 @check("docker-group", full_only=True)
 def _docker_group(ctx: Context):
-    user = ctx.host.user(ctx.user)
-    groups = user.groups if user.exists else []
+    result = ctx.run(f"id -Gn -- {shlex.quote(ctx.user)}")
+    groups = result.stdout.split() if result.rc == 0 else []
     return "docker" in groups, f"{ctx.user} in group docker", f"groups: {', '.join(groups) or '(none)'}"
 
 
 @check("docker-running", full_only=True)
 def _docker_running(ctx: Context):
     expected = f"docker service running and 'docker version' working for {ctx.user}"
-    result = ctx.as_user("docker version --format '{{.Server.Version}}'")
+    result, dockerd, virt = ctx.run_all(ctx.as_user_command("docker version --format '{{.Server.Version}}'"),
+                                        "command -v dockerd", "systemd-detect-virt --container")
     if result.rc == 0:
         return True, expected, f"docker server {result.stdout.strip()}"
-    installed = ctx.run("command -v dockerd").rc == 0
-    container = ctx.run("systemd-detect-virt --container").stdout.strip()
+    installed = dockerd.rc == 0
+    container = virt.stdout.strip()
     if not ctx.docker_inside and installed and container not in ("", "none"):
         raise Skip(f"{ctx.cloud} cloud only: a docker daemon cannot run inside a {container} machine; "
                    f"the engine is installed but not running ({outcome(result)})")
     return False, expected, outcome(result)
-
-
-class _PinnedParamikoBackend(ParamikoBackend):
-    """testinfra's paramiko backend on cislaves' own SSH client (see cislaves.remote.connection):
-    the instance's pinned known_hosts file, its key, its jump host or proxy command."""
-
-    def __init__(self, hostspec: str, *, conn, instance, data_dir, **kwargs):
-        super().__init__(hostspec, **kwargs)
-        self._conn, self._instance, self._data_dir = conn, instance, data_dir
-        self._first = True
-
-    @functools.cached_property
-    def client(self):
-        if not self._first:  # testinfra dropped a dead client: connect again, same host-key rules
-            self._conn.close()
-            self._conn = remote.wait_for_ssh(self._instance, self._data_dir, 60)
-        self._first = False
-        return self._conn.client
-
-    def close(self) -> None:
-        self._conn.close()

@@ -101,6 +101,32 @@ def test_bootstrap_streams_its_steps_and_the_checks_pass(provisioned, local_clou
     assert "PASS umask: 0022" in lines
 
 
+@pytest.mark.parametrize("package_set", ["minimal", "full"])
+def test_the_checks_see_what_each_command_alone_gives_after_one_round_trip(provisioned, local_cloud, debian12,
+                                                                           package_set):
+    """Over real SSH: one gather for every check of either set, and each command's gathered result is
+    what running it alone on its own channel gives (exit code, stdout, stderr)."""
+    machine, cfg, _ = provisioned
+    ctx = checks.Context(debian12.name, cfg.ci_user.name, cfg.ci_user.authorized_key, package_set == "full",
+                         local_cloud.name, local_cloud.capabilities.docker_inside)
+    conn = remote.wait_for_ssh(machine, local_cloud.data_dir, 30)
+    rounds = []
+
+    def gather(commands):
+        rounds.append(commands)
+        return checks.gather(conn, commands, sudo=False, timeout=60)
+
+    try:
+        results = checks.judge(ctx, gather)
+        alone = {c: conn.run(c, warn=True, hide=True, in_stream=False) for c in rounds[0]}
+    finally:
+        conn.close()
+    assert len(rounds) == 1 and [r.name for r in results] == [name for name, _, _ in checks.CHECKS]
+    for command, result in alone.items():
+        assert ctx.facts[command] == checks.Output(result.exited, result.stdout, result.stderr), command
+    assert (package_set == "minimal") == all(r.status != "FAIL" for r in results), [r.line() for r in results]
+
+
 def test_ci_user_logs_in_with_the_configured_key_and_has_sudo(provisioned, local_cloud, ci_key):
     machine, _, _ = provisioned
     conn = remote.wait_for_ssh(as_ci_user(machine, ci_key), local_cloud.data_dir, 30)
@@ -115,7 +141,7 @@ def test_second_bootstrap_through_sudo_with_a_reboot(provisioned, local_cloud, d
                                                    local_config_file):
     """Idempotent, and the reboot protocol: the extra script asks for a reboot once, provision()
     reboots through cloud.reboot, reconnects and runs it again; the checks still pass, this time
-    through testinfra with sudo as the non-root login user."""
+    through sudo as the non-root login user."""
     machine, _, _ = provisioned
     (tmp_path / "reboot-once.sh").write_text(REBOOT_ONCE)
     cfg = make_config(tmp_path, local_config_file, ci_key, extra_scripts={"debian12": ["reboot-once.sh"]},
@@ -193,8 +219,10 @@ def test_docker_cannot_run_in_a_local_machine_and_the_check_says_so(provisioned,
     machine, _, _ = provisioned
     conn = remote.wait_for_ssh(machine, local_cloud.data_dir, 30)
     try:
-        remote.run(conn, ["sh", "-c", "DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "
-                                      "docker.io >/dev/null && usermod -aG docker jenkins"], hide=True)
+        # provisioning removed the package lists (they are half of a small image): update first
+        remote.run(conn, ["sh", "-c", "apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get "
+                                      "install -y -q --no-install-recommends docker.io >/dev/null && "
+                                      "usermod -aG docker jenkins"], hide=True)
         assert remote.run(conn, ["systemctl", "is-active", "docker"], warn=True, hide=True).stdout.strip() != "active"
     finally:
         conn.close()
@@ -225,7 +253,7 @@ class _Named:
         self.reboot = None
 
 
-def test_broken_machine_fails_its_checks(provisioned, local_cloud, debian12):
+def test_broken_machine_fails_its_checks(provisioned, local_cloud, debian12, ci_key):
     """Runs last in this module: it breaks the machine."""
     machine, cfg, _ = provisioned
     conn = remote.wait_for_ssh(machine, local_cloud.data_dir, 30)
@@ -249,3 +277,11 @@ def test_broken_machine_fails_its_checks(provisioned, local_cloud, debian12):
     assert any(line.startswith("FAIL sudo-without-tty: ") and "exit 1" in line for line in failed)
     skipped = sum(full for _, full, _ in checks.CHECKS)
     assert out[-1] == f"==> debian12: {len(checks.CHECKS) - 5 - skipped} passed, 5 failed, {skipped} skipped"
+    # The CI user lost its sudo rule: as that login user, the one command the checks send through
+    # `sudo -n` is refused, and every check says so (none passes on a machine it could not look at).
+    as_ci_user_out = Out()
+    with pytest.raises(CheckFailed):
+        run_checks(as_ci_user(machine, ci_key), debian12, cfg, local_cloud, out=as_ci_user_out)
+    failed = [line for line in as_ci_user_out if line.startswith("FAIL ")]
+    assert len(failed) == len(checks.CHECKS) - skipped, as_ci_user_out
+    assert all("; found " in line and "the checks' command failed: sudo: " in line for line in failed), failed
