@@ -161,6 +161,8 @@ class _Link:
                 data = src.recv(65536)
             except OSError:
                 data = b""
+            if self.dead.is_set():
+                return  # reset meanwhile
             if self.frozen.is_set():
                 self.dead.wait()  # a frozen link forwards nothing and closes nothing until reset
                 return
@@ -185,14 +187,18 @@ class _Link:
         self.frozen.set()
 
     def reset(self) -> None:
-        """Close both sides with an RST."""
+        """Close both sides with an RST. shutdown(SHUT_RD) sends nothing but wakes a pump blocked in
+        recv (the kernel closes the socket only when no thread is inside a call on it); then close()
+        with SO_LINGER 0 aborts the connection."""
         self.dead.set()
         for sock in (self.client, self.server):
             try:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RST)
-                sock.close()
+                sock.shutdown(socket.SHUT_RD)
             except OSError:
                 pass
+        for sock in (self.client, self.server):
+            sock.close()
 
     def _close(self) -> None:
         """One side closed: close both, orderly."""
