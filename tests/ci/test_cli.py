@@ -88,6 +88,18 @@ def test_enqueue_and_jobs(gerrit, make_config):
     assert lines[-1].startswith("2 queued")
 
 
+def test_jobs_shows_control_characters_escaped(gerrit, make_config):
+    config = make_config()
+    evil = "openstack/\x1b]0;owned\x07\x1b[2Jnova\u202e\\x1b"
+    gerrit.upload(5101, project=evil, publish=False)
+    assert "\\x1b]0;owned\\x07" in cli.enqueue(config, 5101, 1)
+    lines = cli.jobs(config)
+    row = lines[1]
+    assert "openstack/\\x1b]0;owned\\x07\\x1b[2Jnova\\u202e\\\\x1b" in row
+    assert all(ch.isprintable() for line in lines for ch in line)
+    assert job_rows(config)[0].project == evil, "the queue keeps the name as Gerrit sent it"
+
+
 @pytest.mark.parametrize("gerrit_cfg,ci_cfg,message", [
     ({"port": "ssh"}, {}, r"cislaves.yaml: gerrit.port: Input should be a valid integer"),
     ({"colour": 1}, {}, r"gerrit.colour: unknown key"),

@@ -92,3 +92,23 @@ def test_metacharacters_are_data(db):
     assert env["GERRIT_BRANCH"] == nasty and env["GERRIT_REFSPEC"] == "refs/changes/34/1234/1"
     out = subprocess.run(["printenv", "GERRIT_BRANCH"], env=env, capture_output=True, text=True, check=True)
     assert out.stdout == nasty + "\n"
+
+
+def test_manual_jobs_neither_cancel_nor_get_cancelled(db):
+    """README: `fab enqueue` queues a new job every time; a newer patch set does not cancel it."""
+    auto_1 = db.enqueue(event(ps=1), "check")
+    manual_1 = db.enqueue(event(ps=1, kind="manual"), "manual", manual=True)
+    manual_2 = db.enqueue(event(ps=2, kind="manual"), "manual", manual=True)
+    assert db.get(auto_1).state == "queued", "a manual run of patch set 2 cancels nothing"
+    assert db.get(manual_1).state == "queued"
+    auto_3 = db.enqueue(event(ps=3), "check")
+    assert db.get(auto_1).state == "cancelled" and db.get(auto_3).state == "queued"
+    assert db.get(manual_1).state == db.get(manual_2).state == "queued", "uploads do not cancel manual runs"
+    late = db.enqueue(event(ps=2, kind="comment-added", comment="recheck"), "check")
+    assert db.get(late).state == "cancelled", "patch set 3 supersedes an automatic job of patch set 2"
+
+
+def test_position_reset_moves_back(db):
+    db.set_last_event_time(4_000_000_000)
+    db.set_last_event_time(1_800_000_000, reset=True)
+    assert db.last_event_time() == 1_800_000_000

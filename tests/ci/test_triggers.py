@@ -147,3 +147,36 @@ def test_change_ref_checked(ref, ok):
 def test_comment_body_drops_gerrit_header():
     assert comment_body("Patch Set 3: Verified+1 Code-Review-1\n\nrecheck\nplease") == "recheck\nplease"
     assert comment_body("recheck") == "recheck"
+
+
+@pytest.mark.parametrize("line,reason", [
+    (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    (b'{"type":"comment-added","change":' + b'{"a":' * 100_000 + b"1" + b"}" * 100_001, "nested too deeply"),
+    (b'{"type":"patchset-created","change":{"number":"' + b"9" * 5000 + b'"}}', "change.number"),
+    (b'{"type":"patchset-created","eventCreatedOn":' + b"9" * 5000 + b"}", "not JSON"),
+])
+def test_hostile_lines_are_bad_events(line, reason):
+    with pytest.raises(ev.BadEvent, match=reason):
+        ev.parse_line(line, max_bytes=1 << 21)
+
+
+@pytest.mark.parametrize("value,seconds", [
+    (1_700_000_000, 1_700_000_000), ("1700000000", 1_700_000_000), (1_700_000_000_123, 1_700_000_000),
+    (-5, None), (10 ** 30, None), ("soon", None), (True, None), (None, None), (1.7e9, 1_700_000_000),
+])
+def test_times_are_seconds(value, seconds):
+    assert ev.seconds(value) == seconds
+    assert ev.from_dict({"type": "x", "eventCreatedOn": value}).created_on == seconds
+
+
+def test_byte_filter_never_drops_a_line_that_could_match(model):
+    triggers = Triggers([Trigger(projects=["openstack/nova"])], "acme-ci")
+    upload = json.dumps(build(model, "upload", number=20)).encode()
+    assert triggers.may_select_line(upload)
+    escaped = upload.replace(b'"patchset-created"', b'"patchset\\u002dcreated"')
+    assert triggers.may_select_line(escaped), "an escape could spell a wanted type: decode it"
+    other = json.dumps(build(model, "upload", number=21, project="openstack/swift")).encode()
+    assert not triggers.may_select_line(other)
+    assert not triggers.may_select_line(b'{"type":"ref-updated","refUpdate":{"project":"openstack/nova"}}')
+    assert triggers.may_select_line(b'{"type":"dropped-output"}')
+    assert triggers.may_select_line(b"not json"), "lines that are not event objects are decoded (and reported)"
