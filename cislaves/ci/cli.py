@@ -81,10 +81,12 @@ def jobs(config: Config, limit: int = 200) -> list[str]:
     now = time.time()
     from cislaves.ci import buildcli  # one row per build of the job (its buildset)
 
-    built = buildcli.columns(config, [j.id for j in rows])
+    built = buildcli.columns(config, [j.id for j in rows])  # {} until the runner has made builds
+    extra = buildcli.HEADER if any(built.values()) else []
     lines = table([[j.id, j.state, j.change, j.patchset, printable(j.project or "-"), printable(j.trigger),
-                    _age(now - j.created), *build] for j in rows for build in built.get(j.id) or [["-"] * 4]],
-                  ["ID", "STATE", "CHANGE", "PS", "PROJECT", "TRIGGER", "AGE", *buildcli.HEADER])
+                    _age(now - j.created), *build] for j in rows
+                   for build in (built.get(j.id) or [["-"] * len(extra)])],
+                  ["ID", "STATE", "CHANGE", "PS", "PROJECT", "TRIGGER", "AGE", *extra])
     lines.append(", ".join(f"{n} {state}" for state, n in counts.items() if n) + f" (queue {printable(str(path))})")
     return lines
 
