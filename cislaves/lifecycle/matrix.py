@@ -10,8 +10,9 @@ One unattended command for what the seed's users did by hand after a cron bake. 
 3. the validated ids go into the YAML (dry_run: the diff only), on a git branch with a commit;
 4. retention for the targets' groups when every target succeeded; a summary table, a JSON report
    and a log file per rebake; notifications.
-A Ctrl-C or SIGTERM stops the workers at their next output line (never inside a cleanup) and the
-rebake ends with what finished; every bake removes what it made.
+A Ctrl-C or SIGTERM stops each worker at its next step or output line (never inside a cleanup; a
+remote script that is running finishes first) and the rebake ends with what finished; every bake
+removes what it made.
 """
 from __future__ import annotations
 
@@ -96,7 +97,10 @@ def rebake(config, only: str | None = None, dry_run: bool = False,
         for line in summary:
             say(line)
         lines: list[str] = []
-        if publish_file is not None and ok:
+        interrupted = any(r.status == "interrupted" for r in results)
+        if interrupted:
+            lines.append("publish and prune: skipped (interrupted); the finished images are in the manifest")
+        elif publish_file is not None and ok:
             lines += _publish(config, settings, publish_file, ok, dry_run, say)
         if ok and len(ok) == len(results):
             published = retention.published_ids(publish_file)
@@ -114,7 +118,7 @@ def rebake(config, only: str | None = None, dry_run: bool = False,
             say(f"notify: {line}")
         say(f"report: {report_path}")
         say(f"log: {log_path}")
-    if any(r.status == "interrupted" for r in results):
+    if interrupted:
         raise Interrupted(f"rebake {rebake_id} interrupted; finished targets are in {report_path}")
     return 0 if len(ok) == len(results) else 1
 
@@ -169,12 +173,15 @@ def bake_one(result: Result, config, settings, say, stop: threading.Event) -> No
     _current.target = target.key
     started = time.monotonic()
 
+    worker = threading.get_ident()
+
     def out(line: str) -> None:
         say(f"[{target.key}] {line}")
-        if stop.is_set() and not interrupts.is_shielded():
+        # only in the worker itself (not an SSH reader thread), never inside a cleanup
+        if stop.is_set() and threading.get_ident() == worker and not interrupts.is_shielded():
             raise Interrupted(f"[{target.key}] interrupted")
 
-    s = TargetSession(target, config, out)
+    s = TargetSession(target, config, out, stop)
     try:
         made = bake.it(s)
         result.images = made
@@ -208,9 +215,10 @@ def bake_one(result: Result, config, settings, say, stop: threading.Event) -> No
 class TargetSession(bake.Session):
     """A Session labelled with its target (cloud/distribution/region) that remembers its current step."""
 
-    def __init__(self, target, config, out):
+    def __init__(self, target, config, out, stop: threading.Event | None = None):
         super().__init__(config, target.cloud, target.distribution, out=out)
         self.target = target
+        self.stop = stop or threading.Event()
         self.current = "up"
         self.validating = False  # steps of the validation show as validate/up, validate/tests
 
@@ -219,6 +227,8 @@ class TargetSession(bake.Session):
 
     def step(self, name: str):
         if not name.endswith("destroy"):
+            if self.stop.is_set() and not interrupts.is_shielded():
+                raise Interrupted(f"[{self.target.key}] interrupted before {name}")  # a rebake stops between steps
             self.current = f"validate/{name}" if self.validating else name
         return super().step(name)
 

@@ -243,38 +243,34 @@ def _splice(text: str, path: list[str], value: str, where: str) -> str | None:
         return None
     lines = text.splitlines(True)
     line = lines[line_no]
-    rest = line[col:]
-    if rest[:1] in _QUOTED:
-        m = _QUOTED[rest[:1]].match(rest)
-        if not m:
-            return None
-        pos = col + m.end()
-    elif rest.startswith(key):
-        pos = col + len(key)
-    else:
-        return None
-    m = re.compile(r"[ \t]*:[ \t]+(&[^\s]+[ \t]+)?").match(line, pos)
+    pos = _quoted_end(line, col) or (col + len(key) if line.startswith(key, col) else None)
+    m = re.compile(r"[ \t]*:[ \t]+(&[^\s]+[ \t]+)?").match(line, pos) if pos else None
     if not m:
         return None
     start = m.end()
     tail = line[start:]
-    if tail[:1] in _QUOTED:
-        q = _QUOTED[tail[:1]].match(tail)
-        if not q:
-            return None
-        end = start + q.end()
+    end = _quoted_end(line, start)
+    if end:
         new = _quote(value, tail[:1])
+    elif tail[:1] in _QUOTED:
+        return None  # an unterminated quote: a multi-line scalar
     else:
         flow = getattr(parent, "fa", None) is not None and parent.fa.flow_style()
         plain = (r"[^\s#,\[\]{}][^#,\[\]{}\n\r]*?(?=[ \t]*[,}\]]|[ \t]+#|[ \t]*\r?\n|[ \t]*$)" if flow
                  else r"[^\s#][^#\n\r]*?(?=[ \t]+#|[ \t]*\r?\n|[ \t]*$)")
         p = re.match(plain, tail)
-        if not p or p.group(0)[:1] in "[{|>*" and not p.group(0).startswith("*"):
+        if not p or p.group(0)[:1] in "[{|>":  # a flow collection or a block scalar: not an id line
             return None
         end = start + p.end()
         new = value if PLAIN_SAFE.match(value) else _quote(value, "'")
     lines[line_no] = line[:start] + new + line[end:]
     return "".join(lines)
+
+
+def _quoted_end(line: str, pos: int) -> int | None:
+    """Where the quoted scalar starting at `pos` ends (None: not quoted, or not closed on this line)."""
+    m = _QUOTED[line[pos]].match(line, pos) if line[pos:pos + 1] in _QUOTED else None
+    return m.end() if m else None
 
 
 def _insert(text: str, path: list[str], value: str, where: str) -> str | None:

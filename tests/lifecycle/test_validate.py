@@ -89,3 +89,26 @@ def test_a_dry_run_bakes_and_validates_but_changes_no_file(tmp_path, moto_url, m
     assert build["validated"] is True and "published" not in build
     assert re.search(rf"^prune: keep ec2 us-west-2 debian12 {image} \(validated, newest 1 of 3\)$",
                      result.stdout, re.M)
+
+
+def test_sigint_stops_a_rebake_and_leaves_nothing(tmp_path, ci_key, local_cache_dir):
+    import os
+    import signal
+
+    from tests.test_bake_local import Fab
+
+    path = write_config(tmp_path / "segredos", ci_key=ci_key, cache_dir=local_cache_dir, rebake={
+        "targets": [{"cloud": "local", "distribution": "debian12", "region": "lab-a"},
+                    {"cloud": "local", "distribution": "debian12", "region": "lab-b"}]})
+    run = Fab(["rebake"], fab_env(path))
+    run.wait_for_line(r"^\[local/debian12/lab-b\] Instance: ", timeout=120)
+    os.kill(run.proc.pid, signal.SIGINT)
+    code, output = run.finish(timeout=300)
+    assert code == 130, output[-3000:]
+    assert re.search(r"^error: rebake \S+ interrupted; finished targets are in \S+\.json$", output, re.M), output
+    assert re.search(r"^local/debian12/lab-a +interrupted ", output, re.M)
+    assert "publish and prune: skipped (interrupted)" in output
+    config = config_mod.load(path, environ={})
+    assert tool_leftovers(config.data_dir) == []
+    assert json.loads((config.data_dir / "state.json").read_text())["instances"] == {}
+    assert {i.id for i in clouds.get("local", config).list_images({TAG_TOOL: TOOL}) if i.run_id} == set()
