@@ -10,6 +10,7 @@ import re
 import pytest
 
 from cislaves.ci.runner import log_dir_for
+from tests.ci.helpers import job_rows
 from tests.runner.conftest import running_instances, wait_for_builds
 
 pytestmark = [pytest.mark.root, pytest.mark.usefixtures("no_leftovers")]
@@ -69,11 +70,18 @@ def test_patch_set_runs_on_a_fresh_machine(make_config, listener, gerrit, baked_
 
 
 def test_a_failing_script_is_a_failure_with_its_artifacts(make_config, listener, gerrit):
+    # two jobs on one trigger: one buildset, run in parallel; the failing one keeps its artifacts
     config = make_config([{"name": "lint", "body": "mkdir -p out; echo broken > out/report.txt\nexit 3\n",
-                           "artifacts": ["out/*", "/etc/hostname"]}])
+                           "artifacts": ["out/*", "/etc/hostname"], "voting": False},
+                          {"name": "unit", "body": "echo fine\n", "triggers": ["check"]}])
     listener(config)
     gerrit.upload_commit(77, {"a.py": "x = 1\n"})
-    [build] = wait_for_builds(config, 1)
+    both = {b.name: b for b in wait_for_builds(config, 2)}
+    assert both["unit"].result == "SUCCESS" and both["unit"].voting and not both["lint"].voting
+    assert both["unit"].job_id == both["lint"].job_id
+    [job] = job_rows(config)
+    assert (job.state, job.result) == ("failed", "FAILURE lint, SUCCESS unit")
+    build = both["lint"]
     assert (build.result, build.detail) == ("FAILURE", "the script exited 3")
     folder = log_dir_for(config.relative("logs"), build)
     assert (folder / "out" / "report.txt").read_text() == "broken\n"

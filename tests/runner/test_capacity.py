@@ -1,12 +1,15 @@
-"""Capacity: a ready instance is used by the next build and replaced in the background, and destroyed
-when the listener stops; max_instances holds with more builds than slots."""
+"""Capacity: a ready instance is used by the next build and replaced in the background, replaced when
+a newer image is baked, and destroyed when the listener stops; max_instances holds with more builds
+than slots."""
 from __future__ import annotations
 
 import threading
 
 import pytest
 
+from cislaves import clouds, distros, images as manifest
 from cislaves.ci.runner import log_dir_for
+from cislaves.records import LaunchSpec, new_run_id, standard_tags
 from cislaves.waiting import wait_for
 from tests.runner.conftest import running_instances, store_for, wait_for_builds
 
@@ -21,7 +24,27 @@ def ready_slots(config, job="unit"):
         store.close()
 
 
-def test_a_ready_instance_is_used_and_replaced(make_config, listener, gerrit):
+def bake_newer(config, image):
+    """A newer image of debian12, made as `it` makes one (an instance snapshotted, recorded in the
+    manifest), quickly: from the session's image with nothing provisioned."""
+    cloud = clouds.get("local", config)
+    run_id = new_run_id()
+    spec = LaunchSpec(distribution=distros.get("debian12"), image=image, run_id=run_id, name=f"bake-{run_id}",
+                      tags=standard_tags(run_id, "debian12", "bake"), key_dir=config.data_dir / "keys" / run_id,
+                      role="bake")
+    instance = cloud.launch(spec)
+    try:
+        made = cloud.create_image(instance, f"cislaves-debian12-{run_id}",
+                                  standard_tags(run_id, "debian12", "image", ttl_hours=24))
+    finally:
+        cloud.destroy(instance)
+        cloud.close()
+    manifest.record(config.manifest, [made], distribution="debian12", run_id=run_id, name=made.name,
+                    source_image=image.id)
+    return made
+
+
+def test_a_ready_instance_is_used_and_replaced(make_config, listener, gerrit, baked_image):
     config = make_config([{"name": "unit", "body": "hostname\n"}], ci={"ready": {"unit": 1}})
     service = listener(config)
     [slot] = wait_for(lambda: ready_slots(config) or None, "a ready instance", 30)
@@ -33,8 +56,18 @@ def test_a_ready_instance_is_used_and_replaced(make_config, listener, gerrit):
     [replacement] = wait_for(lambda: ready_slots(config) or None, "a replacement ready instance", 30)
     assert replacement.instance["id"] != slot.instance["id"]
     assert [i.id for i in running_instances(config)] == [replacement.instance["id"]]
-    service.stop(grace=10)
-    service.runner.stop()
+    newer = bake_newer(config, baked_image)
+    try:
+        service.runner.pool.wake()
+        [fresh] = wait_for(lambda: [s for s in ready_slots(config) if s.image_id == newer.id] or None,
+                           "a ready instance of the newer image", 30)
+        assert [i.id for i in running_instances(config)] == [fresh.instance["id"]]
+        service.stop(grace=10)
+        service.runner.stop()
+    finally:
+        local = clouds.get("local", config)
+        local.delete_image(newer)  # later tests boot the session's image again (the listing rules)
+        local.close()
     assert running_instances(config) == [] and ready_slots(config) == []
 
 

@@ -1,6 +1,7 @@
 """Stopping builds: a newer patch set aborts the older one's running build within 5 s (script killed,
 instance gone); `fab cancel` aborts one; stopping the listener aborts and re-queues (the next start
-runs it again); SIGKILL of `fab listen` mid-build: the next start reaps the instance by tag and reruns."""
+runs it again); SIGTERM to `fab listen` mid-build aborts and re-queues; SIGKILL: the next start reaps the instance by
+tag and reruns."""
 from __future__ import annotations
 
 import os
@@ -76,26 +77,34 @@ def test_a_stopping_listener_aborts_and_the_next_start_reruns(make_config, liste
     assert [j.state for j in job_rows(config)] == ["succeeded"]
 
 
-def test_sigkill_of_fab_listen_mid_build_is_reaped_and_rerun(make_config, gerrit):
+def test_sigterm_then_sigkill_of_fab_listen_mid_build(make_config, gerrit):
     config = make_config([{"name": "unit", "body": SLEEPER}])
     env = {**os.environ, "CISLAVES_CONFIG": str(config.path), "CISLAVES_DATA_DIR": "", "CISLAVES_MANIFEST": ""}
 
     def listen():
-        return subprocess.Popen(["fab", "listen"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+        before = gerrit.stream_connections
+        proc = subprocess.Popen(["fab", "listen"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+        wait_for(lambda: gerrit.stream_connections > before, "fab listen to stream events", 30)
+        return proc
     proc = listen()
     try:
-        wait_for(lambda: gerrit.streaming() > 0, "fab listen to stream events", 30)
         gerrit.upload_commit(92, {"a.py": "x = 1\n"})
         [first] = wait_running(config)
+        status, err = stop_process(proc)  # SIGTERM: the build is aborted, its instance destroyed, re-queued
+        assert status == 0, err
+        assert running_instances(config) == [] and [j.state for j in job_rows(config)] == ["queued"]
+        proc = listen()  # runs it again ...
+        [second] = [b for b in wait_running(config) if b.id != first.id]
         [machine] = running_instances(config)
-        proc.send_signal(signal.SIGKILL)
+        proc.send_signal(signal.SIGKILL)  # ... and is killed
         proc.wait(30)
         assert machine.id in [i.id for i in running_instances(config)]  # left behind by the killed listener
-        config = make_config([{"name": "unit", "body": "echo second run\n"}])
+        config = make_config([{"name": "unit", "body": "echo third run\n"}])
         proc = listen()
-        [rerun, old] = wait_for_builds(config, 2)
-        assert (old.id, old.result, old.rerun) == (first.id, "ABORTED", True)
+        [rerun, killed, stopped] = wait_for_builds(config, 3)
+        assert (stopped.id, stopped.result, stopped.rerun) == (first.id, "ABORTED", True)
+        assert (killed.id, killed.result, killed.rerun) == (second.id, "ABORTED", True)
         assert rerun.result == "SUCCESS" and rerun.job_id == first.job_id
         assert running_instances(config) == []
         jobs = fab("jobs", env={"CISLAVES_CONFIG": str(config.path)})
