@@ -13,6 +13,7 @@ All state shared between these lives in the builds database, none in memory.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import threading
@@ -246,6 +247,8 @@ def destroy_slot(config, cloud, store: BuildStore, slot) -> list[str]:
     for inst in found.values():
         cloud.destroy(inst)
     State(config.data_dir).end_run(slot.run_id)
+    with contextlib.suppress(OSError):
+        (config.data_dir / "keys" / slot.run_id).rmdir()
     store.release(slot)
     return [f"instance {i}" for i in found]
 

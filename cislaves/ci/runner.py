@@ -184,7 +184,12 @@ class _Run:
         cloud = clouds.get(plan.cloud, self.config)
         instance, slot, run_id, state = None, None, None, State(self.config.data_dir)
         try:
-            image = jobsettings.newest_image(self.config, cloud, plan, f"ci.jobs ({plan.name}): ")
+            try:
+                image = jobsettings.newest_image(self.config, cloud, plan, f"ci.jobs ({plan.name}): ")
+            except ConfigError:
+                raise
+            except CislavesError as exc:  # the cloud did not answer: infrastructure, not configuration
+                raise NodeFailure(f"listing the images of cloud {plan.cloud} failed: {exc}") from None
             self.facts.update(cloud=plan.cloud, image_id=image.id, distribution=plan.distribution,
                               instance_type=getattr(cloud.settings, "instance_type", None))
             self.store.update(self.build, cloud=plan.cloud, image_id=image.id)
@@ -199,6 +204,8 @@ class _Run:
             else:
                 run_id = new_run_id()
                 slot = self._wait_for_slot(plan.cloud, run_id)
+                self.facts["waited_for_slot"] = round(time.monotonic() - began, 3)
+                began = time.monotonic()  # boot time without the wait for a free instance
                 self.output.note(f"booting {plan.distribution} image {image.id} on {plan.cloud}")
                 instance = self._boot(cloud, plan, image, run_id, slot, state)
             self.facts["instance_id"] = instance.id
@@ -263,6 +270,8 @@ class _Run:
                 self.output.note(f"instance {inst.id} destroyed")
             if run_id:
                 state.end_run(run_id)
+                with contextlib.suppress(OSError):  # the per-run key folder the driver wrote into
+                    (self.config.data_dir / "keys" / run_id).rmdir()
             if slot is not None:
                 self.store.release(slot)
         except Exception as exc:  # left counted: the next start (or `fab cleanup`) removes it
@@ -407,6 +416,7 @@ class _Run:
             "cloud": self.facts.get("cloud"), "image_id": self.facts.get("image_id"),
             "distribution": self.facts.get("distribution"), "instance_type": self.facts.get("instance_type"),
             "instance_id": self.facts.get("instance_id"), "node_attempts": self.build.node_attempts,
+            "waited_for_slot": self.facts.get("waited_for_slot", 0.0),
             "tool": TOOL,
         }, mode=0o644)
 
