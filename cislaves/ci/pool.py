@@ -13,7 +13,6 @@ All state shared between these lives in the builds database, none in memory.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import sqlite3
 import threading
@@ -23,11 +22,11 @@ from cislaves import clouds, distros
 from cislaves.ci import builds as store_mod
 from cislaves.ci import jobsettings
 from cislaves.ci.builds import BuildStore
-from cislaves.ci.runner import run_build
+from cislaves.ci.runner import destroy_slot, run_build
 from cislaves.ci.settings import ci_settings, queue_path
 from cislaves.errors import CislavesError, Interrupted
 from cislaves.interrupts import shielded
-from cislaves.records import TAG_OWNER, TAG_ROLE, TAG_RUN, Instance, LaunchSpec, new_run_id, standard_tags
+from cislaves.records import TAG_OWNER, TAG_ROLE, TAG_RUN, LaunchSpec, new_run_id, standard_tags
 from cislaves.state import State, me
 
 log = logging.getLogger(__name__)
@@ -234,23 +233,6 @@ class ReadyPool:
         finally:
             if own:
                 cloud.close()
-
-
-def destroy_slot(config, cloud, store: BuildStore, slot) -> list[str]:
-    """Destroy a slot's instance (the recorded one and any carrying its run id), end its run, drop it."""
-    found = {}
-    if slot.instance:
-        inst = Instance.from_dict(slot.instance)
-        found[inst.id] = inst
-    for inst in cloud.list_instances({TAG_RUN: slot.run_id}):
-        found.setdefault(inst.id, inst)
-    for inst in found.values():
-        cloud.destroy(inst)
-    State(config.data_dir).end_run(slot.run_id)
-    with contextlib.suppress(OSError):
-        (config.data_dir / "keys" / slot.run_id).rmdir()
-    store.release(slot)
-    return [f"instance {i}" for i in found]
 
 
 def reap(config) -> list[str]:

@@ -111,6 +111,21 @@ def gerrit_env(build: Build) -> dict[str, str]:
     return {k: str(v).replace("\0", "") for k, v in values.items() if v is not None}
 
 
+def destroy_slot(config, cloud, store: BuildStore, slot) -> list[str]:
+    """Destroy a slot's instance (the recorded one and any carrying its run id), end its run, drop it."""
+    found = {}
+    if slot.instance:
+        inst = Instance.from_dict(slot.instance)
+        found[inst.id] = inst
+    for inst in cloud.list_instances({TAG_RUN: slot.run_id}):
+        found.setdefault(inst.id, inst)
+    for inst in found.values():
+        cloud.destroy(inst)
+    _end_run(config, slot.run_id)
+    store.release(slot)
+    return [f"instance {i}" for i in found]
+
+
 class _Run:
     """One build's run (the state of one call of run_build)."""
 
@@ -228,10 +243,26 @@ class _Run:
         def probe():
             self._check()
             slot = self.store.take_slot(cloud_name, limit, "build", build_id=self.build.id, run_id=run_id)
+            if slot is None and self._evict(cloud_name):  # a waiting build beats an idle ready instance
+                slot = self.store.take_slot(cloud_name, limit, "build", build_id=self.build.id, run_id=run_id)
             return slot or Pending(f"all {limit} instance(s) of cloud {cloud_name} in use (ci.max_instances)")
 
         return wait_for(probe, f"a free instance on cloud {cloud_name}", SLOT_WAIT, first_delay=0.05,
                         max_delay=0.5)
+
+    def _evict(self, cloud_name: str) -> bool:
+        """Destroy one idle ready instance on the cloud (of any job) to free its slot for this build."""
+        for slot in self.store.slots(cloud_name):
+            if slot.purpose == "ready" and slot.state == "ready" and self.store.retire(slot):
+                cloud = clouds.get(cloud_name, self.config)
+                try:
+                    with shielded():
+                        destroy_slot(self.config, cloud, self.store, slot)
+                finally:
+                    cloud.close()
+                self.output.note(f"destroyed a ready instance of {slot.job} to free an instance slot")
+                return True
+        return False
 
     def _boot(self, cloud, plan, image, run_id: str, slot, state: State) -> Instance:
         dist = distros.get(plan.distribution)
@@ -269,9 +300,7 @@ class _Run:
                 cloud.destroy(inst)
                 self.output.note(f"instance {inst.id} destroyed")
             if run_id:
-                state.end_run(run_id)
-                with contextlib.suppress(OSError):  # the per-run key folder the driver wrote into
-                    (self.config.data_dir / "keys" / run_id).rmdir()
+                _end_run(self.config, run_id)
             if slot is not None:
                 self.store.release(slot)
         except Exception as exc:  # left counted: the next start (or `fab cleanup`) removes it
@@ -443,6 +472,13 @@ class _Output:
     def note(self, text: str) -> None:
         self.flush()
         self.fh.write(_stamp() + b"[cislaves] " + text.encode(errors="replace") + b"\n")
+
+
+def _end_run(config, run_id: str) -> None:
+    """The run is over: forget it in the state and remove its (now empty) key folder."""
+    State(config.data_dir).end_run(run_id)
+    with contextlib.suppress(OSError):
+        (config.data_dir / "keys" / run_id).rmdir()
 
 
 def _stamp() -> bytes:

@@ -100,3 +100,18 @@ def test_max_instances_holds_with_more_builds_than_slots(make_config, listener, 
         end = next(l for l in lines if "destroyed" in l)[:26]
         spans.append((start, end))
     assert max(sum(1 for s, e in spans if s <= t < e) for t, _ in spans) <= 2
+
+
+def test_a_waiting_build_frees_the_slot_of_an_idle_ready_instance(make_config, listener, gerrit):
+    config = make_config([{"name": "unit", "body": "echo unit\n", "triggers": ["check"]},
+                          {"name": "other", "body": "echo other\n", "triggers": ["gate"]}],
+                         ci={"max_instances": {"local": 1}, "ready": {"other": 1},
+                             "triggers": [{"name": "check"}, {"name": "gate", "events": ["change-merged"]}]})
+    listener(config)
+    [idle] = wait_for(lambda: ready_slots(config, "other") or None, "a ready instance of the other job", 30)
+    gerrit.upload_commit(110, {"a.py": "x = 1\n"})
+    [build] = wait_for_builds(config, 1)
+    assert build.result == "SUCCESS" and build.instance_id != idle.instance["id"]
+    text = (log_dir_for(config.relative("logs"), build) / "job-output.txt").read_text()
+    assert "destroyed a ready instance of other to free an instance slot" in text
+    assert idle.instance["id"] not in [i.id for i in running_instances(config)]
