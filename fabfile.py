@@ -20,6 +20,7 @@ from cislaves.errors import CislavesError, Interrupted, Locked
 
 bake = lazy_module("cislaves.bake")  # imported by the first task that uses it: `fab -l` imports neither
 config_mod = lazy_module("cislaves.config")
+remote = lazy_module("cislaves.remote")
 
 CLOUD = "cloud: local, ec2, openstack, rackspace, gce or static (default: config defaults.cloud, else local)"
 DIST = "distribution: debian12, centos7, ubuntu14.04, ubuntu22.04, ubuntu24.04, rocky9 (default: debian12)"
@@ -93,7 +94,7 @@ def _one_line_errors():
 @contextlib.contextmanager
 def _session(cloud=None, distribution=None):
     """Load config and open a Session for one cloud."""
-    with _one_line_errors(), _short_lived():
+    with _one_line_errors(), _short_lived(), remote.kept_connections():  # the steps share SSH connections
         session = bake.Session(config_mod.load(), cloud, distribution,
                                out=lambda line: print(line, flush=True))
         try:
@@ -105,10 +106,11 @@ def _session(cloud=None, distribution=None):
 @contextlib.contextmanager
 def _short_lived():
     """The collector's settings for one short command (not the long-running listener), whose objects
-    mostly live until it ends (modules, an SDK's service model): collect cycles after 20,000 new
-    objects instead of 700, and freeze what exists at the end, so the interpreter's exit does not
-    traverse it (bench/ec2_vs_packer.py: the exit after `it: done` and the collector's time drop)."""
-    gc.set_threshold(20_000, 10, 10)
+    mostly live until it ends (modules, an SDK's service model): collect the youngest cycles after
+    20,000 new objects instead of 700, the older ones after 50 of those collections instead of 10, and
+    freeze what exists at the end, so the interpreter's exit does not traverse it
+    (bench/ec2_vs_packer.py: the exit after `it: done` and the collector's time drop)."""
+    gc.set_threshold(20_000, 50, 100)
     try:
         yield
     finally:

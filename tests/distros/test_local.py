@@ -127,6 +127,29 @@ def test_the_checks_see_what_each_command_alone_gives_after_one_round_trip(provi
     assert (package_set == "minimal") == all(r.status != "FAIL" for r in results), [r.line() for r in results]
 
 
+def test_steps_share_a_kept_connection_until_the_block_ends(provisioned, local_cloud, ci_key):
+    """Inside kept_connections the next wait_for_ssh of the same instance, user and key gets the
+    connection the last user closed (the same TCP connection, as sshd sees it); another login user
+    gets its own; all of them close when the block ends."""
+    machine, _, _ = provisioned
+    seen = "echo $SSH_CONNECTION"
+    with remote.kept_connections():
+        first = remote.wait_for_ssh(machine, local_cloud.data_dir, 30)
+        before = first.run(seen, hide=True, in_stream=False).stdout
+        first.close()
+        again = remote.wait_for_ssh(machine, local_cloud.data_dir, 30)
+        other = remote.wait_for_ssh(as_ci_user(machine, ci_key), local_cloud.data_dir, 30)
+        assert again is first and again.run(seen, hide=True, in_stream=False).stdout == before
+        assert other is not first and other.run(seen, hide=True, in_stream=False).stdout != before
+    assert not first.is_connected and not other.is_connected
+    fresh = remote.wait_for_ssh(machine, local_cloud.data_dir, 30)  # outside the block: close() closes
+    try:
+        assert fresh is not first and fresh.run(seen, hide=True, in_stream=False).stdout != before
+    finally:
+        fresh.close()
+    assert not fresh.is_connected
+
+
 def test_ci_user_logs_in_with_the_configured_key_and_has_sudo(provisioned, local_cloud, ci_key):
     machine, _, _ = provisioned
     conn = remote.wait_for_ssh(as_ci_user(machine, ci_key), local_cloud.data_dir, 30)
@@ -148,7 +171,10 @@ def test_second_bootstrap_through_sudo_with_a_reboot(provisioned, local_cloud, d
                       extra_packages={"debian12": ["jq"]})
     login = as_ci_user(machine, ci_key)
     out = Out()
-    provision(login, debian12, cfg, local_cloud, out=out)
+    with remote.kept_connections():  # as `fab` runs the steps: the reboot ends the kept connection
+        provision(login, debian12, cfg, local_cloud, out=out)
+        results = run_checks(login, debian12, cfg, local_cloud, out=Out())
+    assert all(r.status != "FAIL" for r in results)
     assert "==> step: installing extra packages: jq" in out
     assert "==> rebooting " + machine.name + " for extra script reboot-once.sh (1/3)" in out
     assert out[-1] == "==> debian12: provisioning finished (2 scripts, 1 reboot)"
