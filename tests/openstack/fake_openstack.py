@@ -11,7 +11,8 @@ Otherwise it is a devstack-like cloud: an external `public` network, a `private`
 State changes by poll count: a server answers BUILD for `build_polls` reads, then ACTIVE (or ERROR
 with a fault when one is injected); a snapshot image goes queued -> saving -> active (or killed);
 deletes and stop/start take `settle_polls` reads. Lists page as Nova (`limit`/`marker`,
-`servers_links`) and Glance (`next`) do. Faults are injected per request (`fail_next(method,
+`<key>_links`: servers, flavors, key pairs from 2.35) and Glance (`next`) do; the compute API's
+version document says `nova_max` (microversions above it get 406). Faults are injected per request (`fail_next(method,
 path_regex, status, retry_after=...)`, `retry_after` in seconds or `retry_at=` seconds ahead as an
 HTTP date) or per resource (`server_error`, `image_killed`). Every request is recorded in
 `requests` as (method, path below the region, status) and its region in `regions_seen`.
@@ -34,7 +35,7 @@ from tests.openstack import fake_identity
 
 TIME = "2026-01-01T00:00:00Z"
 PUBLIC, PRIVATE = "00000000-0000-0000-0000-000000000000", "11111111-1111-1111-1111-111111111111"
-NOVA_MAX = "2.96"
+NOVA_MAX = "2.96"  # the default `nova_max`: a cloud as new as the python-novaclient pinned
 COMPUTE = re.compile(r"^/compute/v2(\.1)?(/[0-9a-f]{32})?(?=/|$)")
 
 
@@ -53,7 +54,8 @@ class FakeOpenStack:
 
     def __init__(self, username="demo", password="secret", project="demo", region="RegionOne",
                  api_key="rax-key", build_polls=2, image_polls=2, settle_polls=1, page_size=3,
-                 server_page_size=3, access_ipv4=False, rackspace=False, regions=None, default_region=None):
+                 server_page_size=3, access_ipv4=False, rackspace=False, regions=None, default_region=None,
+                 nova_max=NOVA_MAX):
         self.username, self.password, self.project = username, password, project
         self.regions = list(regions or [region])
         self.region = self.regions[0] if regions else region  # what openstack_env names (OS_REGION_NAME)
@@ -62,6 +64,7 @@ class FakeOpenStack:
         self.project_id = uuid.uuid4().hex
         self.build_polls, self.image_polls, self.settle_polls = build_polls, image_polls, settle_polls
         self.page_size, self.server_page_size = page_size, server_page_size
+        self.nova_max = nova_max  # the newest microversion the compute API answers (its version document)
         self.rackspace = rackspace
         self.access_ipv4 = access_ipv4 or rackspace
         self.image_location = not rackspace  # Rackspace may answer createImage without a Location
@@ -452,12 +455,12 @@ class _Handler(BaseHTTPRequestHandler):
             if cloud.rackspace:
                 return self._send(200, {"version": {"id": "v2.0", "status": "CURRENT", "version": "",
                                                     "min_version": "", "updated": "2011-01-21T11:33:21Z"}})
-            return self._send(200, {"version": {"id": "v2.1", "status": "CURRENT", "version": NOVA_MAX,
+            return self._send(200, {"version": {"id": "v2.1", "status": "CURRENT", "version": cloud.nova_max,
                                                 "min_version": "2.1", "updated": "2013-07-23T11:33:21Z"}})
         wanted = self._microversion()
-        if wanted > tuple(int(p) for p in NOVA_MAX.split(".")):
+        if wanted > tuple(int(p) for p in cloud.nova_max.split(".")):
             return self._send(406, _nova_error(406, f"Version {wanted[0]}.{wanted[1]} is not supported by the "
-                                                    f"API. Minimum is 2.1 and maximum is {NOVA_MAX}."))
+                                                    f"API. Minimum is 2.1 and maximum is {cloud.nova_max}."))
         if parts[0] == "servers":
             if method == "GET" and (parts[1:] == ["detail"] or len(parts) == 1):
                 return self._server_list(query, prefix)
@@ -481,14 +484,19 @@ class _Handler(BaseHTTPRequestHandler):
                     reply, headers = {"image_id": headers["Location"].rsplit("/", 1)[-1]}, {}
                 return self._send(status, reply, headers)
         if parts[0] == "flavors":
-            if method == "GET" and parts[1:] in ([], ["detail"]):
-                return self._send(200, {"flavors": list(cloud.flavors.values())})
+            if method == "GET" and parts[1:] in ([], ["detail"]):  # by flavor id, paged like servers
+                flavors = sorted(cloud.flavors.values(), key=lambda f: f["id"])
+                return self._page(flavors, "flavors", query, prefix, "/flavors/detail", cloud.page_size)
             if method == "GET" and len(parts) == 2 and parts[1] in cloud.flavors:
                 return self._send(200, {"flavor": cloud.flavors[parts[1]]})
             return self._send(404, _nova_error(404, f"Flavor {parts[-1]} could not be found."))
         if parts[0] == "os-keypairs":
-            if method == "GET" and len(parts) == 1:
-                return self._send(200, {"keypairs": [{"keypair": k} for k in cloud.keypairs.values()]})
+            if method == "GET" and len(parts) == 1:  # paged from 2.35 (limit, marker: a name)
+                pairs = [{"keypair": k} for k in cloud.keypairs.values()]
+                if wanted < (2, 35):
+                    return self._send(200, {"keypairs": pairs})
+                return self._page(pairs, "keypairs", query, prefix, "/os-keypairs", cloud.page_size,
+                                  key_of=lambda p: p["keypair"]["name"])
             if method == "POST" and len(parts) == 1:
                 req = body.get("keypair") or {}
                 if not req.get("name") or not req.get("public_key"):
@@ -506,28 +514,33 @@ class _Handler(BaseHTTPRequestHandler):
         return self._send(404, _nova_error(404, f"no such compute path {path}"))
 
     def _server_list(self, query, prefix):
-        """Nova's paging: newest first, at most `server_page_size` per page (or `limit`), and a
-        servers_links rel=next (carrying the marker) whenever a page is full."""
+        """Servers newest first, at most `server_page_size` a page."""
         cloud = self.cloud
         servers = sorted((s for s in list(cloud.servers.values()) if cloud.tick_server(s)),
                          key=lambda s: s["_seq"], reverse=True)
         name = (query.get("name") or [None])[0]
         views = [cloud.server_view(s) for s in servers if not name or re.search(name, s["name"])]
+        return self._page(views, "servers", query, prefix, "/servers/detail", cloud.server_page_size)
+
+    def _page(self, items, key, query, prefix, path, page_size, key_of=None):
+        """Nova's paging: after `marker` (400 when it names nothing), at most `page_size` (or `limit`)
+        items, and a `<key>_links` rel=next (carrying the marker) whenever a page is full."""
+        key_of = key_of or (lambda item: item["id"])
         marker = (query.get("marker") or [None])[0]
         if marker:
-            ids = [v["id"] for v in views]
+            ids = [key_of(i) for i in items]
             if marker not in ids:
                 return self._send(400, _nova_error(400, f"marker [{marker}] not found"))
-            views = views[ids.index(marker) + 1:]
-        limit = min(int((query.get("limit") or [cloud.server_page_size])[0]), cloud.server_page_size)
-        page = views[:limit]
-        reply: dict = {"servers": page}
+            items = items[ids.index(marker) + 1:]
+        limit = min(int((query.get("limit") or [page_size])[0]), page_size)
+        page = items[:limit]
+        reply: dict = {key: page}
         if page and len(page) == limit:
             params = {k: v[0] for k, v in query.items() if k != "marker"}
-            params.update(limit=limit, marker=page[-1]["id"])
+            params.update(limit=limit, marker=key_of(page[-1]))
             region = self.path.lstrip("/").split("/", 1)[0]
-            reply["servers_links"] = [{"rel": "next", "href": f"{cloud.url}/{region}{prefix.group(0)}/servers/"
-                                                              f"detail?{urlencode(params)}"}]
+            reply[f"{key}_links"] = [{"rel": "next", "href": f"{self.cloud.url}/{region}{prefix.group(0)}{path}?"
+                                                             f"{urlencode(params)}"}]
         return self._send(200, reply)
 
     # -- Glance -----------------------------------------------------------------------------

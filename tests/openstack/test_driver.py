@@ -64,6 +64,29 @@ def test_flavor_by_name_or_id_and_unknown_flavor(make_cloud, fake, debian12, tmp
     assert leftovers(fake) == NOTHING
 
 
+def test_flavor_on_a_later_page_of_novas_list(make_cloud, fake, debian12, tmp_path):
+    for n in range(4):  # 6 flavors, 3 a page: novaclient reads one page a call, the driver asks for the next
+        fake.flavors[f"x{n}"] = {"id": f"x{n}", "name": f"big-{n}", "ram": 4096, "vcpus": 2, "disk": 40}
+    cloud = make_cloud(flavor="big-3")
+    instance = cloud.launch(make_spec(cloud, debian12, tmp_path))
+    assert fake.servers[instance.id]["flavor"]["id"] == "x3"
+    assert fake.statuses("GET", r"/flavors/detail\?marker=x0$") == [200]  # ids sorted: 2, general1-2, x0
+    cloud.destroy(instance)
+    assert leftovers(fake) == NOTHING
+
+
+def test_cleanup_reads_every_page_of_key_pairs_from_2_35(make_cloud, fake, debian12, tmp_path):
+    cloud = make_cloud(compute_api_version="2.37")  # Nova pages key pairs from 2.35
+    dead = make_spec(cloud, debian12, tmp_path)
+    names = [tagging.key_pair_name(dead.tags) for _ in range(5)]
+    for name in names:
+        fake.add_keypair(name, "ssh-ed25519 AAAA leaked")
+    removed = cloud.cleanup(CleanupPolicy(owner=OWNER))
+    assert sorted(line.split(" (")[0] for line in removed) == sorted(f"key pair {n}" for n in names)
+    assert len(fake.statuses("GET", r"/os-keypairs\?marker=")) == 2  # pages 2 and 3 (empty)
+    assert leftovers(fake) == NOTHING
+
+
 def test_launch_tags_user_address_and_generated_key(cloud, fake, launched):
     spec, instance = launched
     server = fake.servers[instance.id]

@@ -196,6 +196,16 @@ def test_fab_waits_as_a_retry_after_date_says(fake, os_fab):
     assert fake.statuses("GET", r"^/image/v2/images")[:2] == [429, 200]
 
 
+@pytest.mark.parametrize("status, header", [(429, {"retry_at": 4}), (503, {"retry_after": "4"})])
+def test_fab_waits_as_novas_retry_after_says(fake, os_fab, status, header):
+    # novaclient reads Retry-After as whole seconds on 413/429 only: the answer kept on its exception says it
+    fake.fail_next("GET", r"/compute/v2\.1/servers/detail$", status, **header)
+    out = os_fab("cleanup")
+    [wait] = [float(w) for w in re.findall(rf"HTTP {status}: injected fault; retrying in (\d+\.\d)s", out)]
+    assert 2.5 <= wait <= 4.5, out  # not the 0.5 s first backoff
+    assert fake.statuses("GET", r"/servers/detail$")[:2] == [status, 200]
+
+
 # -- the SSH address: README's order, and a missing address_network named --------------------------------
 def test_address_network_wins_over_access_ipv4_and_a_missing_one_is_named(fake, tmp_path):
     fake.access_ipv4 = True

@@ -3,6 +3,7 @@ credentials, Rackspace defaults, the shared SSH block with its deprecated names,
 and one-line errors naming what is wrong."""
 import logging
 
+import novaclient
 import pytest
 import yaml
 
@@ -86,17 +87,33 @@ def test_top_level_timeouts_reach_the_driver():
     assert (cloud.cfg.launch_timeout, cloud.cfg.image_timeout, cloud.cfg.destroy_timeout) == (11, 12, 13)
 
 
-@pytest.mark.parametrize("version, message", [
-    ("2.97", r"compute_api_version \(OS_COMPUTE_API_VERSION\): 2.97 is outside the range 2.1 to 2.96"),
-    ("2.3000", r"compute_api_version \(OS_COMPUTE_API_VERSION\): 2.3000 is outside the range"),
-])
-def test_compute_api_version_beyond_the_cloud_names_the_setting(make_cloud, fake, debian12, tmp_path,
-                                                                version, message):
+CLIENT = (f"is outside the range 2.1 to {novaclient.API_MAX_VERSION.get_string()} that the installed "
+          f"python-novaclient {novaclient.__version__} supports")
+
+
+@pytest.mark.parametrize("version", [f"2.{novaclient.API_MAX_VERSION.ver_minor + 1}", "2.3000"])
+def test_compute_api_version_beyond_the_installed_novaclient_names_the_setting(make_cloud, fake, debian12,
+                                                                               tmp_path, version):
     from tests.contract import make_spec
+    fake.nova_max = "2.3000"  # a cloud newer than the client: the client's range decides
     cloud = make_cloud(compute_api_version=version)
-    with pytest.raises(ConfigError, match=message):
+    spec = make_spec(cloud, debian12, tmp_path)  # reads the base image from Glance
+    before = list(fake.requests)
+    with pytest.raises(ConfigError, match=rf"compute_api_version \(OS_COMPUTE_API_VERSION\): {version} {CLIENT}"):
+        cloud.launch(spec)
+    assert fake.requests == before  # refused before asking Nova anything
+
+
+def test_compute_api_version_beyond_the_cloud_names_the_setting(make_cloud, fake, debian12, tmp_path):
+    from tests.contract import make_spec
+    fake.nova_max = "2.79"  # an older cloud than the client (Train)
+    cloud = make_cloud(compute_api_version="2.80")
+    with pytest.raises(ConfigError, match=r"compute_api_version \(OS_COMPUTE_API_VERSION\): 2.80 is outside the "
+                                          r"range 2.1 to 2.79 that openstack RegionOne supports"):
         cloud.launch(make_spec(cloud, debian12, tmp_path))
     assert fake.statuses("POST", r"/servers$") == []  # refused before anything was made
+    cloud = make_cloud(compute_api_version="2.79")
+    cloud.destroy(cloud.launch(make_spec(cloud, debian12, tmp_path)))  # the cloud's newest is fine
 
 
 def test_compute_api_version_on_rackspace_which_has_no_microversions(make_rax, debian12, tmp_path):
@@ -114,7 +131,7 @@ def test_fab_up_with_a_compute_api_version_too_high_is_one_line(fake, tmp_path):
     done = fab("up:cloud=openstack,distribution=debian12", env=env, timeout=120)
     output = done.stdout + done.stderr
     assert done.returncode != 0 and "Traceback" not in output
-    assert "compute_api_version (OS_COMPUTE_API_VERSION): 2.99 is outside the range 2.1 to 2.96" in output
+    assert f"compute_api_version (OS_COMPUTE_API_VERSION): 2.99 {CLIENT}" in output
     assert fake.servers == {}
 
 

@@ -2,9 +2,12 @@
 retry loop for rate limits (413/429 with Retry-After in seconds or as an HTTP date) and transient
 5xx answers within a deadline, and errors that keep the HTTP status and the provider's fault code.
 
-Nova, Glance and Neutron are spoken as JSON over the keystoneauth1 session (no novaclient): that
-way every answer's status, fault code (Nova's `conflictingRequest`, Neutron's `NeutronError.type`,
-Glance's `title`), `Location`, `Retry-After` and paging links reach the driver as they arrived.
+Nova is spoken through python-novaclient (nova.py), on this module's keystoneauth1 session and
+compute endpoint; its exceptions carry the answer (nova.KeepAnswer), so `call` reads the same
+status, fault code (Nova's `conflictingRequest`) and Retry-After from them as from a session
+answer. Glance v2 and Neutron v2.0, which novaclient has no API for, are JSON on the session here
+(`request`, `glance_images`): their fault codes (Neutron's `NeutronError.type`, Glance's `title`),
+`Retry-After` and Glance's `next` links reach the driver as they arrived.
 """
 from __future__ import annotations
 
@@ -13,9 +16,11 @@ import logging
 import re
 import time
 from typing import Any, Callable, Iterator, TypeVar
-from urllib.parse import parse_qs, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
+import requests
 from keystoneauth1 import exceptions as ks_exc
+from novaclient import exceptions as nova_exc
 
 from cislaves.errors import CloudError, ConfigError
 
@@ -44,12 +49,11 @@ class Api:
     """
 
     def __init__(self, session, cloud: str, region: str | None, interface: str, deadline: float, *,
-                 service_names: dict[str, str] | None = None, compute_version: str = "2.1",
+                 service_names: dict[str, str] | None = None,
                  region_setting: str = "region_name (OS_REGION_NAME)"):
         self.session, self.cloud, self.deadline = session, cloud, deadline
         self.region, self.interface = region, interface
         self.service_names = service_names or {}
-        self.compute_version = compute_version
         self.region_setting = region_setting
         self._endpoints: dict[str, str] = {}
         self._region_checked = False
@@ -60,9 +64,10 @@ class Api:
 
     # -- the retry loop --------------------------------------------------------------------
     def call(self, what: str, fn: Callable[..., T], *args, **kwargs) -> T:
-        """fn(*args, **kwargs) -> a requests.Response; retried on 413/429/5xx and connection failures
-        until the deadline. Returns the 2xx response; 404 raises NotFound, any other failure a
-        CloudError "<label>: <what> failed: <reason>" with the HTTP status and fault code as data."""
+        """fn(*args, **kwargs): a session request (a requests.Response, whatever its status) or a
+        novaclient call (its result, or its exception); retried on 413/429/5xx and connection failures
+        until the deadline. Returns the 2xx response or the result; 404 raises NotFound, any other
+        failure a CloudError "<label>: <what> failed: <reason>" with the HTTP status and fault code."""
         deadline = time.monotonic() + self.deadline
         delay = FIRST_DELAY
         attempt = 0
@@ -81,8 +86,10 @@ class Api:
                 raise self._error(what, f"the service catalog has no endpoint for it ({exc})") from None
             except ks_exc.ClientException as exc:
                 raise self._error(what, str(exc)) from None
+            except nova_exc.ClientException as exc:  # from nova.KeepAnswer: the answer is attached
+                status, code, reason, retry_after = describe_nova(exc)
             else:
-                if resp.status_code < 400:
+                if not isinstance(resp, requests.Response) or resp.status_code < 400:
                     return resp
                 status, code, reason, retry_after = describe(resp)
             if status == 404:
@@ -107,17 +114,12 @@ class Api:
         return CloudError(f"{self.label}: {what} failed: {reason}", cloud=self.cloud, operation=what)
 
     # -- requests --------------------------------------------------------------------------
-    def send(self, service: str, method: str, path: str, *, json: Any = None, params: dict | None = None,
-             microversion: bool = True):
-        """One attempt at `path` below the versioned endpoint of `service` ("compute", "image",
-        "network"), or at an absolute URL; the response whatever its status (for `call`)."""
+    def send(self, service: str, method: str, path: str, *, json: Any = None, params: dict | None = None):
+        """One attempt at `path` below the versioned endpoint of `service` ("image", "network"), or at
+        an absolute URL; the response whatever its status (for `call`)."""
         url = path if urlsplit(path).scheme else self.endpoint(service) + "/" + path.lstrip("/")
-        headers = {"Accept": "application/json"}
-        if service == "compute" and microversion:
-            headers["X-OpenStack-Nova-API-Version"] = self.compute_version
-            headers["OpenStack-API-Version"] = f"compute {self.compute_version}"
-        return self.session.request(url, method, json=json, params=params, headers=headers, raise_exc=False,
-                                    authenticated=True)
+        return self.session.request(url, method, json=json, params=params, headers={"Accept": "application/json"},
+                                    raise_exc=False, authenticated=True)
 
     def request(self, service: str, method: str, path: str, what: str, *, json: Any = None,
                 params: dict | None = None):
@@ -149,19 +151,6 @@ class Api:
             yield from page.get("images", [])
             path = _below_version(page.get("next"))
 
-    def nova_list(self, path: str, key: str, what: str, **params) -> Iterator[dict]:
-        """Every item of a Nova collection, page after page (`<key>_links` rel=next carries the marker)."""
-        query = dict(params)
-        while True:
-            page = self.get("compute", path, what, **query)
-            yield from page.get(key, [])
-            nxt = next((link.get("href") for link in page.get(f"{key}_links") or [] if link.get("rel") == "next"),
-                       None)
-            marker = (parse_qs(urlsplit(nxt).query).get("marker") or [None])[0] if nxt else None
-            if not marker or marker == query.get("marker"):
-                return
-            query["marker"] = marker
-
     # -- the catalog -------------------------------------------------------------------------
     def endpoint(self, service: str) -> str:
         """The versioned URL of `service` in the run's one region (whatever version the catalog wrote)."""
@@ -175,32 +164,7 @@ class Api:
                                  f"(interface {self.interface}); check clouds.{self.cloud}.{self.region_setting}",
                                  cloud=self.cloud, operation=f"finding the {service} endpoint", code="NoEndpoint")
             self._endpoints[service] = versioned(found[0].url, service)
-            if service == "compute":
-                self._check_compute_version(self._endpoints[service])
         return self._endpoints[service]
-
-    def _check_compute_version(self, url: str) -> None:
-        """compute_api_version must be within the cloud's range: its version document says which (a
-        legacy v2 API, like Rackspace's, has no microversions: 2.1 only)."""
-        wanted = self.compute_version
-        if wanted == "2.1":
-            return
-        root = re.sub(r"(/v2(\.\d+)?)(/.*)?$", r"\1/", url)
-        setting = f"clouds.{self.cloud}.compute_api_version (OS_COMPUTE_API_VERSION)"
-        try:
-            doc = _json(self.call("reading the compute API version", self.send, "compute", "GET", root,
-                                  microversion=False)).get("version")
-        except CloudError as exc:
-            if exc.status == 406:
-                raise ConfigError(f"{setting}: {wanted} is not supported by {self.label} ({exc})") from None
-            log.debug("%s: cannot read the compute version document: %s", self.cloud, exc)
-            return
-        low, high = (doc or {}).get("min_version") or "2.1", (doc or {}).get("version") or ""
-        if not high:
-            raise ConfigError(f"{setting}: {wanted} asked for, but the compute API of {self.label} has no "
-                              "microversions; use 2.1")
-        if not version_tuple(low) <= version_tuple(wanted) <= version_tuple(high):
-            raise ConfigError(f"{setting}: {wanted} is outside the range {low} to {high} that {self.label} supports")
 
     def has_service(self, service: str) -> bool:
         catalog = self._catalog()
@@ -208,7 +172,7 @@ class Api:
         return bool(self._endpoints_of(catalog, service, self.region))
 
     def _catalog(self):
-        return self.call("authenticating", lambda: Answer(self.session.auth.get_access(self.session))).value
+        return self.call("authenticating", self.session.auth.get_access, self.session)
 
     def _endpoints_of(self, access, service: str, region: str | None) -> list:
         """Endpoints of `service` in `region` (any region: None), of the preferred catalog name if the
@@ -244,21 +208,6 @@ class Api:
         self._region_checked = True
 
 
-class Answer:
-    """A response-like success for the retry loop: an authentication (which returns no response), or
-    what an earlier attempt already made (found before re-sending a create)."""
-
-    status_code = 200
-    headers: dict[str, str] = {}
-
-    def __init__(self, value: Any):
-        self.value = value
-        self.content = b"{}"
-
-    def json(self) -> Any:
-        return self.value
-
-
 def versioned(url: str, service: str) -> str:
     """The catalog URL with the version this driver speaks: `.../v2` and `.../` both give `.../v2`
     for Glance, and a Nova URL keeps its own version and project segment (`/v2/<tenant>`)."""
@@ -280,6 +229,15 @@ def describe(resp) -> tuple[int, str | None, str, float]:
     code, message = _fault(resp)
     reason = " ".join(str(message or resp.reason or "").split())[:500]
     return resp.status_code, code, f"HTTP {resp.status_code}: {reason}", retry_after(resp.headers.get("Retry-After"))
+
+
+def describe_nova(exc: nova_exc.ClientException) -> tuple[int | None, str | None, str, float]:
+    """`describe` for a novaclient error: read from the answer nova.KeepAnswer attached, else from what
+    novaclient kept (status and message; its retry_after is whole seconds only)."""
+    if getattr(exc, "response", None) is not None:
+        return describe(exc.response)
+    message = " ".join(str(exc.message or "").split())[:500]
+    return exc.code, None, f"HTTP {exc.code}: {message}", float(getattr(exc, "retry_after", 0) or 0)
 
 
 def retry_after(value: str | None, now: float | None = None) -> float:
@@ -333,10 +291,6 @@ def _below_version(link: str | None) -> str | None:
     if len(segments) == 2 and VERSION_SEGMENT.match(segments[0]):
         return segments[1]
     return link.lstrip("/")
-
-
-def version_tuple(text: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in text.split(".") if p.isdigit())
 
 
 def _json(resp) -> dict:

@@ -1,4 +1,5 @@
-"""OpenStack through Nova, Glance and Neutron's JSON APIs on a keystoneauth1 session.
+"""OpenStack: Nova through python-novaclient (nova.py), Glance and Neutron as JSON (api.py), all on one
+keystoneauth1 session in one region.
 
 Rackspace is a subclass (rackspace.py) that changes class attributes only: its defaults, its image
 names, its login user and the catalog names of its services. Servers carry the run's tags as
@@ -14,11 +15,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import quote
 
+from novaclient import api_versions
+
 from cislaves import TOOL, distros
 from cislaves.clouds.base import (TAG_DISTRIBUTION, TAG_RUN, TAG_TOOL, Capabilities, CleanupPolicy, Cloud, Image,
                                   Instance, LaunchSpec, Pending, wait_for)
-from cislaves.clouds.openstack import auth, tagging
-from cislaves.clouds.openstack.api import Answer, Api, NotFound, version_tuple
+from cislaves.clouds.openstack import auth, nova, tagging
+from cislaves.clouds.openstack.api import Api, NotFound
 from cislaves.clouds.openstack.images import ImageMethods, metadata
 from cislaves.clouds.openstack.network import Network
 from cislaves.clouds.openstack.settings import ENV, Settings, resolve
@@ -50,15 +53,23 @@ class OpenStackCloud(ImageMethods, Cloud):
         self.cfg = resolve(settings, self.name, self.DEFAULTS)
         self._api: Api | None = None
         self._net: Network | None = None
+        self._nova = None
 
     # -- clients ----------------------------------------------------------------------------
     @property
     def api(self) -> Api:
         if self._api is None:
             self._api = Api(auth.session(self.cfg, self.name), self.name, self.cfg.region_name, self.cfg.interface,
-                            self.cfg.api_deadline, service_names=self.SERVICE_NAMES,
-                            compute_version=self.cfg.compute_api_version)
+                            self.cfg.api_deadline, service_names=self.SERVICE_NAMES)
         return self._api
+
+    @property
+    def nova(self):
+        """The novaclient Client at compute_api_version (checked against novaclient, then the cloud)."""
+        if self._nova is None:
+            self._nova = nova.connect(self.api, self.cfg.compute_api_version,
+                                      f"clouds.{self.name}.compute_api_version (OS_COMPUTE_API_VERSION)")
+        return self._nova
 
     @property
     def net(self) -> Network:
@@ -66,14 +77,10 @@ class OpenStackCloud(ImageMethods, Cloud):
             self._net = Network(self.api, self.name)
         return self._net
 
-    def nova(self, method: str, path: str, what: str, body: Any = None, **params):
-        """A Nova call at `path` below the compute endpoint."""
-        return self.api.request("compute", method, path, what, json=body, params=params or None)
-
     def close(self) -> None:
         if self._api is not None:
             self._api.session.session.close()
-        self._api = self._net = None
+        self._api = self._net = self._nova = None
 
     def describe(self) -> dict[str, Any]:
         region = self._api.region if self._api is not None else self.cfg.region_name
@@ -144,10 +151,10 @@ class OpenStackCloud(ImageMethods, Cloud):
         return fresh
 
     def stop(self, instance: Instance) -> Instance:
-        return self._power(instance, "SHUTOFF", "os-stop", "stopping")
+        return self._power(instance, "SHUTOFF", "stop", "stopping")
 
     def start(self, instance: Instance) -> Instance:
-        return self._power(instance, "ACTIVE", "os-start", "starting")
+        return self._power(instance, "ACTIVE", "start", "starting")
 
     def destroy(self, instance: Instance) -> None:
         """Delete the server and wait until it is gone; release its floating IPs and temporary key pair.
@@ -194,8 +201,7 @@ class OpenStackCloud(ImageMethods, Cloud):
             why = policy.reason(tagging.fip_tags(fip.get("description")))
             if why and self.net.release(fip["id"]):
                 removed.append(f"floating IP {fip.get('floating_ip_address')} ({fip['id']}, {why})")
-        for pair in self.api.nova_list("os-keypairs", "keypairs", "listing key pairs"):
-            name = (pair.get("keypair") or pair).get("name", "")
+        for name in self._key_pair_names():
             why = policy.reason(tagging.key_pair_tags(name))
             if why:
                 self._delete_key_pair(name)
@@ -213,7 +219,7 @@ class OpenStackCloud(ImageMethods, Cloud):
         wanted = self.cfg.flavor
         if not wanted:
             raise ConfigError(f"clouds.{self.name}.flavor: not set (a flavor name or id)")
-        flavors = list(self.api.nova_list("flavors/detail", "flavors", "listing flavors"))
+        flavors = [f.to_dict() for f in self.api.call("listing flavors", nova.every_page, self.nova.flavors.list)]
         for flavor in flavors:
             if wanted in (flavor["id"], flavor["name"]):
                 return flavor
@@ -222,48 +228,40 @@ class OpenStackCloud(ImageMethods, Cloud):
                           f"in {self.api.label}; available: {names}")
 
     def _nics(self) -> Any:
-        """The server's networks: the configured ones, else Nova's choice ("auto" from 2.37)."""
+        """The server's networks (novaclient's nics): the configured ones, else Nova's choice ("auto" from 2.37)."""
         if self.cfg.networks:
-            return [{"uuid": self.net.network_id(n, "networks")} for n in self.cfg.networks]
-        return "auto" if version_tuple(self.cfg.compute_api_version) >= (2, 37) else None
+            return [{"net-id": self.net.network_id(n, "networks")} for n in self.cfg.networks]
+        return "auto" if self.nova.api_version >= api_versions.APIVersion("2.37") else None
 
     def _check_key_pair(self, name: str) -> None:
         try:
-            self.nova("GET", f"os-keypairs/{quote(name, safe='')}", f"reading key pair {name}")
+            self.api.call(f"reading key pair {name}", self.nova.keypairs.get, quote(name, safe=""))
         except NotFound:
             raise ConfigError(f"clouds.{self.name}.ssh_key_pair (RACKSPACE_KEY_PAIR): no key pair named "
                               f"{name!r} in {self.api.label}") from None
 
     def _upload_key_pair(self, name: str, public_key: str) -> None:
         try:
-            self.nova("POST", "os-keypairs", f"uploading key pair {name}",
-                      {"keypair": {"name": name, "public_key": public_key}})
+            self.api.call(f"uploading key pair {name}", self.nova.keypairs.create, name, public_key=public_key)
         except BaseException:
             self._delete_key_pair(name)  # a 5xx after the server stored it, or Ctrl-C
             raise
 
     def _create_server(self, spec: LaunchSpec, flavor_id: str, key_name: str | None, nics: Any) -> dict:
-        body: dict[str, Any] = {"name": spec.name, "imageRef": spec.image.id, "flavorRef": flavor_id,
-                                "metadata": metadata(spec.tags)}
-        if key_name:
-            body["key_name"] = key_name
-        if nics is not None:
-            body["networks"] = nics
-        if self.cfg.security_groups:
-            body["security_groups"] = [{"name": g} for g in self.cfg.security_groups]
-        if self.cfg.availability_zone:
-            body["availability_zone"] = self.cfg.availability_zone
         attempts = [0]
 
-        def create():
+        def create() -> dict:
             attempts[0] += 1
             earlier = self._find_server(spec) if attempts[0] > 1 else None  # a failed attempt may have made it
             if earlier:
-                return Answer({"server": earlier})
-            return self.api.send("compute", "POST", "servers", json={"server": body})
+                return earlier
+            return self.nova.servers.create(
+                spec.name, spec.image.id, flavor_id, meta=metadata(spec.tags), key_name=key_name, nics=nics,
+                security_groups=self.cfg.security_groups or None,
+                availability_zone=self.cfg.availability_zone).to_dict()
 
         try:
-            server = self.api.call(f"creating server {spec.name}", create).json()["server"]
+            server = self.api.call(f"creating server {spec.name}", create)
         except CloudError as exc:
             if exc.status == 409 and not self.cfg.networks:
                 seen = ", ".join(self.net.attachable_names()) or "none listed"
@@ -340,12 +338,22 @@ class OpenStackCloud(ImageMethods, Cloud):
 
     # -- helpers: servers and teardown ----------------------------------------------------------
     def _server(self, server_id: str) -> dict:
-        return self.nova("GET", f"servers/{quote(server_id, safe='')}", f"reading server {server_id}").json()["server"]
+        return self.api.call(f"reading server {server_id}", self.nova.servers.get, quote(server_id, safe="")).to_dict()
 
     def _tool_servers(self) -> list[dict]:
-        """Every server of the project this tool tagged, over all of Nova's pages."""
-        return [s for s in self.api.nova_list("servers/detail", "servers", "listing servers")
-                if (s.get("metadata") or {}).get(TAG_TOOL) == TOOL]
+        """Every server of the project this tool tagged, over all of Nova's pages (limit=-1: novaclient
+        asks again after the last server until a page is empty)."""
+        servers = [s.to_dict() for s in self.api.call("listing servers", self.nova.servers.list, limit=-1)]
+        return [s for s in servers if (s.get("metadata") or {}).get(TAG_TOOL) == TOOL]
+
+    def _key_pair_names(self) -> list[str]:
+        """Every key pair's name; from 2.35 Nova pages them (novaclient reads one page per call)."""
+        keypairs = self.nova.keypairs
+        if self.nova.api_version >= api_versions.APIVersion("2.35"):
+            pairs = self.api.call("listing key pairs", nova.every_page, keypairs.list)
+        else:
+            pairs = self.api.call("listing key pairs", keypairs.list)
+        return [pair.name for pair in pairs]
 
     def _fip_address(self, instance: Instance) -> str | None:
         fip_id = (instance.extra or {}).get("floating_ip_id")
@@ -354,7 +362,8 @@ class OpenStackCloud(ImageMethods, Cloud):
     def _power(self, instance: Instance, target: str, action: str, verb: str) -> Instance:
         if self._server(instance.id)["status"] != target:
             try:
-                self.nova("POST", f"servers/{instance.id}/action", f"{verb} server {instance.id}", {action: None})
+                self.api.call(f"{verb} server {instance.id}", getattr(self.nova.servers, action),
+                              quote(instance.id, safe=""))
             except CloudError as exc:
                 if exc.status != 409:  # 409: already on its way there
                     raise
@@ -387,7 +396,7 @@ class OpenStackCloud(ImageMethods, Cloud):
 
     def _delete_server(self, server_id: str) -> None:
         try:
-            self.nova("DELETE", f"servers/{server_id}", f"deleting server {server_id}")
+            self.api.call(f"deleting server {server_id}", self.nova.servers.delete, quote(server_id, safe=""))
         except NotFound:
             pass
 
@@ -403,7 +412,7 @@ class OpenStackCloud(ImageMethods, Cloud):
 
     def _delete_key_pair(self, name: str) -> None:
         try:
-            self.nova("DELETE", f"os-keypairs/{quote(name, safe='')}", f"deleting key pair {name}")
+            self.api.call(f"deleting key pair {name}", self.nova.keypairs.delete, quote(name, safe=""))
         except NotFound:
             pass
 

@@ -12,7 +12,7 @@ from urllib.parse import quote
 
 from cislaves import TOOL
 from cislaves.clouds.base import TAG_DISTRIBUTION, TAG_RUN, Image, Instance, Pending, wait_for
-from cislaves.clouds.openstack.api import Answer, NotFound
+from cislaves.clouds.openstack.api import NotFound
 from cislaves.errors import CloudError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -24,7 +24,7 @@ IMAGE_FAILED = ("killed", "deleted", "pending_delete", "deactivated")
 
 
 class ImageMethods:
-    """Needs `api`, `cfg`, `name` and `IMAGES` from the driver class."""
+    """Needs `api`, `nova`, `cfg`, `name` and `IMAGES` from the driver class."""
 
     def base_image(self, distribution) -> Image:
         """The configured image (exact name or id), else the newest active image matching the pattern."""
@@ -95,20 +95,23 @@ class ImageMethods:
         return self._image(data, tags.get(TAG_DISTRIBUTION))
 
     def _request_image(self, instance: Instance, name: str, meta: dict[str, str]) -> str:
-        """POST createImage (retried without making a second image) and return the new image's id."""
+        """POST createImage (retried without making a second image) and return the new image's id.
+
+        Posted through novaclient's SessionClient (`nova.client`: its microversion headers and errors)
+        but not with `servers.create_image`, which reads `resp.headers['location']` below 2.45 and so
+        raises KeyError on a Location-less answer after the snapshot exists."""
         attempts = [0]
 
-        def post():
+        def post() -> str:
             attempts[0] += 1
             earlier = self._find_images(name, instance) if attempts[0] > 1 else []
             if earlier:
-                return Answer({"image_id": earlier[0]["id"]})
-            return self.api.send("compute", "POST", f"servers/{instance.id}/action",
-                                 json={"createImage": {"name": name, "metadata": meta}})
+                return earlier[0]["id"]
+            resp, body = self.nova.client.post(f"/servers/{quote(instance.id, safe='')}/action",
+                                               body={"createImage": {"name": name, "metadata": meta}})
+            return (body or {}).get("image_id") or (resp.headers.get("Location") or "").rstrip("/").rsplit("/", 1)[-1]
 
-        resp = self.api.call(f"creating image {name!r} of server {instance.id}", post)
-        body = resp.json() if resp.content else {}
-        image_id = (body or {}).get("image_id") or (resp.headers.get("Location") or "").rstrip("/").rsplit("/", 1)[-1]
+        image_id = self.api.call(f"creating image {name!r} of server {instance.id}", post)
         if not image_id:  # no Location (Rackspace may leave it out): the image is found by what it carries
             image_id = wait_for(lambda: (self._find_images(name, instance) or [{}])[0].get("id"),
                                 f"Glance to list the image {name!r} of server {instance.id}",
