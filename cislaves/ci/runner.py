@@ -19,16 +19,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import shlex
-import socket
-import tarfile
 import time
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Callable
 
 from cislaves import TOOL, clouds, distros
 from cislaves.ci import builds as store_mod
-from cislaves.ci import jobsettings, workspace
+from cislaves.ci import execute, jobsettings, workspace
+from cislaves.ci.execute import NodeFailure
 from cislaves.ci.builds import Build, BuildStore
 from cislaves.ci.settings import ci_settings, gerrit_settings, queue_path
 from cislaves.errors import CislavesError, ConfigError
@@ -41,35 +39,7 @@ from cislaves import remote
 
 log = logging.getLogger(__name__)
 StopCheck = Callable[[], "tuple[str, bool] | None"]
-CHECK_EVERY = 0.25  # seconds between should_stop() calls while the script runs
 SLOT_WAIT = 7 * 86400  # a build waits this long for a free instance slot at most
-KILL_TIMEOUT = 3.0
-COLLECT = r"""
-import glob, os, sys, tarfile
-home, ws = os.path.expanduser("~" + sys.argv[1]), sys.argv[2]
-ws = os.path.join(home, ws)
-seen = set()
-with tarfile.open(fileobj=sys.stdout.buffer, mode="w|") as tar:
-    wanted = [("**", os.path.join(home, "logs"), "logs")] + [
-        (p, "/" if p.startswith("/") else ws, "") for p in sys.argv[3:]]
-    for pattern, base, prefix in wanted:
-        full = pattern if pattern.startswith("/") else os.path.join(base, pattern)
-        for path in sorted(glob.glob(full, recursive=True)):
-            if os.path.islink(path) or not os.path.isfile(path):
-                continue
-            name = os.path.join(prefix, os.path.relpath(path, base))
-            if name in seen or name in ("job-output.txt", "build.json"):
-                continue
-            seen.add(name)
-            try:
-                tar.add(path, arcname=name, recursive=False)
-            except OSError as exc:
-                sys.stderr.write("cannot collect %s: %s\n" % (path, exc))
-"""
-
-
-class NodeFailure(CislavesError):
-    """The instance could not be booted, reached or given its workspace (not the patch's fault)."""
 
 
 class _Stopped(Exception):
@@ -145,7 +115,7 @@ class _Run:
         started = utcnow()
         result, detail, rerun = "ERROR", None, False
         with open(self.dir / "job-output.txt", "ab", buffering=0) as out:
-            self.output = _Output(out)
+            self.output = execute.Output(out)
             try:
                 result, detail = self._attempts()
             except _Stopped as stop:
@@ -337,99 +307,17 @@ class _Run:
         env_vars = {**gerrit_env(self.build), "BUILD_ID": self.build.id, "JOB_NAME": plan.name, **plan.job.env}
         began = time.monotonic()
         try:
-            result, detail = self._script(transport, run_as, as_root, ws, env_vars, plan.job.timeout)
+            result, detail = execute.run_script(transport, run_as, ws, env_vars, plan.job.timeout, self.output,
+                                                self.should_stop, lambda: execute.kill_user(transport, as_root, user))
         finally:
             self.durations["script"] = time.monotonic() - began
-        if result != "ABORTED":
-            self._collect(transport, as_root, user, ws, plan.job.artifacts)
-        else:
-            self._kill(transport, as_root, user)
+        if result == "ABORTED":
+            execute.kill_user(transport, as_root, user)
             raise _Stopped(*detail)
-        return result, detail
-
-    def _script(self, transport, run_as, as_root, ws, env_vars, timeout) -> tuple[str, object]:
-        inner = 'cd && export WORKSPACE="$HOME/$1" LOG_DIR="$HOME/logs" && cd "$WORKSPACE" && exec "$HOME/.cislaves/run"'
-        line = shlex.join([*run_as, "env", *(f"{k}={v}" for k, v in env_vars.items()), "sh", "-c", inner, "sh", ws])
-        try:
-            channel = transport.open_session(timeout=30)
-            channel.set_combine_stderr(True)
-            channel.settimeout(CHECK_EVERY)
-            channel.exec_command(line)
-        except Exception as exc:
-            raise NodeFailure(f"starting the script failed: {type(exc).__name__}: {exc}") from None
-        self.output.note("script started")
-        deadline = time.monotonic() + timeout
-        try:
-            while True:
-                try:
-                    chunk = channel.recv(65536)
-                except socket.timeout:
-                    chunk = None
-                if chunk:
-                    self.output.write(chunk)
-                elif chunk == b"":
-                    break
-                stop = self.should_stop()
-                if stop:
-                    self.output.flush()
-                    return "ABORTED", stop
-                if time.monotonic() > deadline:
-                    self.output.flush()
-                    self._kill(transport, as_root, self.config.ci_user.name)
-                    return "TIMED_OUT", f"the script ran longer than {timeout:g}s"
-            self.output.flush()
-            while not channel.exit_status_ready():
-                stop = self.should_stop()
-                if stop:
-                    return "ABORTED", stop
-                channel.status_event.wait(CHECK_EVERY)
-            status = channel.recv_exit_status()
-        except (OSError, EOFError) as exc:
-            raise NodeFailure(f"the connection to the instance was lost during the script: {exc}") from None
-        finally:
-            channel.close()
-        if status == 0:
-            return "SUCCESS", None
-        if status == -1:
-            raise NodeFailure("the script's connection ended without an exit status")
-        return "FAILURE", f"the script exited {status}"
-
-    def _kill(self, transport, as_root, user) -> None:
-        """Stop everything the CI user runs (the instance is the build's alone)."""
-        with contextlib.suppress(Exception):
-            channel = transport.open_session(timeout=KILL_TIMEOUT)
-            channel.settimeout(KILL_TIMEOUT)
-            channel.exec_command(shlex.join([*as_root, "pkill", "-KILL", "-u", user]))
-            channel.recv_exit_status()
-            channel.close()
-
-    def _collect(self, transport, as_root, user, ws, patterns) -> None:
         began = time.monotonic()
-        count = 0
-        try:
-            channel = transport.open_session(timeout=30)
-            channel.settimeout(600)
-            channel.exec_command(shlex.join([*as_root, "python3", "-c", COLLECT, user, ws, *patterns]))
-            with tarfile.open(fileobj=channel.makefile("rb"), mode="r|") as tar:
-                for member in tar:
-                    target = _safe_target(self.dir, member)
-                    if target is None:
-                        continue
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    source = tar.extractfile(member)
-                    with open(target, "wb") as fh:
-                        while block := source.read(1 << 20):
-                            fh.write(block)
-                    count += 1
-            errors = channel.makefile_stderr("rb").read().decode(errors="replace").strip()
-            channel.recv_exit_status()
-            channel.close()
-            for line in errors.splitlines()[-5:]:
-                self.output.note(line)
-        except Exception as exc:  # missing artifacts never change the result
-            self.output.note(f"collecting artifacts failed: {type(exc).__name__}: {exc}")
+        execute.collect(transport, as_root, user, ws, plan.job.artifacts, self.dir, self.output)
         self.durations["collect"] = time.monotonic() - began
-        self.output.note(f"collected {count} file(s)")
+        return result, detail
 
     def _write_json(self, result, detail, started, ended) -> None:
         from cislaves.util import write_json
@@ -450,48 +338,8 @@ class _Run:
         }, mode=0o644)
 
 
-class _Output:
-    """job-output.txt: each line prefixed with the UTC time it arrived."""
-
-    def __init__(self, fh):
-        self.fh, self.partial = fh, b""
-
-    def write(self, data: bytes) -> None:
-        data = self.partial + data
-        lines = data.split(b"\n")
-        self.partial = lines.pop()
-        if lines:
-            stamp = _stamp()
-            self.fh.write(b"".join(stamp + line + b"\n" for line in lines))
-
-    def flush(self) -> None:
-        if self.partial:
-            self.fh.write(_stamp() + self.partial + b"\n")
-            self.partial = b""
-
-    def note(self, text: str) -> None:
-        self.flush()
-        self.fh.write(_stamp() + b"[cislaves] " + text.encode(errors="replace") + b"\n")
-
-
 def _end_run(config, run_id: str) -> None:
     """The run is over: forget it in the state and remove its (now empty) key folder."""
     State(config.data_dir).end_run(run_id)
     with contextlib.suppress(OSError):
         (config.data_dir / "keys" / run_id).rmdir()
-
-
-def _stamp() -> bytes:
-    return utcnow().strftime("%Y-%m-%d %H:%M:%S.%f").encode() + b" | "
-
-
-def _safe_target(root: Path, member: tarfile.TarInfo) -> Path | None:
-    """Where a collected file goes in the build directory; None for anything but a plain relative file."""
-    if not member.isfile():
-        return None
-    parts = PurePosixPath(member.name).parts
-    if not parts or member.name.startswith("/") or any(p in ("..", "") for p in parts):
-        return None
-    if len(parts) == 1 and parts[0] in ("job-output.txt", "build.json"):
-        return None
-    return root.joinpath(*parts)

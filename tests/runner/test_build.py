@@ -128,3 +128,13 @@ def test_hostile_branch_topic_and_subject_are_inert(make_config, listener, gerri
     assert env["GERRIT_BRANCH"] == branch
     assert env["GERRIT_CHANGE_SUBJECT"] == HOSTILE and env["GERRIT_TOPIC"] == HOSTILE
     assert not list(__import__("pathlib").Path("/tmp").glob("pwned-*"))
+
+
+def test_a_project_name_that_is_not_plain_is_an_error_before_any_boot(make_config, listener, gerrit):
+    config = make_config([{"name": "unit", "body": "echo never\n"}])
+    listener(config)
+    gerrit.upload(81, project="openstack/../../etc")  # an event Gerrit would never send
+    [build] = wait_for_builds(config, 1)
+    assert build.result == "ERROR" and build.instance_id is None
+    assert build.detail == "project 'openstack/../../etc' is not a plain name (letters, digits, ._+- and '/')"
+    assert gerrit.fetches == []
