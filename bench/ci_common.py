@@ -16,7 +16,6 @@ sys.path.insert(0, str(HERE.parent))
 
 from cislaves.ci.settings import CISettings, GerritSettings  # noqa: E402
 from cislaves.clouds.base import generate_keypair  # noqa: E402
-from tests.ci.fake_gerrit import FakeGerrit  # noqa: E402
 
 MATCHING_PROJECT = "openstack/nova"
 
@@ -30,13 +29,16 @@ class FakeProcess:
                                      text=True, env={**os.environ, "PYTHONPATH": str(HERE.parent)})
         self.port = int(self.proc.stdout.readline())
 
-    def command(self, line: str, answer: str | None = None) -> None:
+    def command(self, line: str, answer: str | None = None) -> str | None:
+        """Send a command; with `answer`, read the reply, check its first word and return the rest."""
         self.proc.stdin.write(line + "\n")
         self.proc.stdin.flush()
         if answer is not None:
             got = self.proc.stdout.readline().strip()
-            if got != answer:
+            if got.split(" ", 1)[0] != answer:
                 raise RuntimeError(f"fake Gerrit answered {got!r} to {line!r}")
+            return got.partition(" ")[2]
+        return None
 
     def stop(self) -> None:
         try:
@@ -69,13 +71,19 @@ def scratch() -> Path:
     return workdir
 
 
-def templates(fake: FakeGerrit) -> tuple[dict, dict]:
-    """Two real-format events: a patch set on the watched project (matches) and a review comment on
-    another project (does not)."""
+COMMIT_MESSAGE = ("Reverts handoff partitions first on full disks\n\n"
+                  "Change-Id: I5b1c0e0d2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c\n")
+
+
+def templates(fake) -> tuple[dict, dict]:
+    """Two events in Gerrit 3.x's shape (commit message in the change, the full approvals list):
+    a patch set on the watched project (matches) and a review comment on another project (does not)."""
     upload = fake.upload(1, project=MATCHING_PROJECT, publish=False)
     fake.upload(2, project="openstack/swift", publish=False)
-    comment = fake.comment(2, 1, "Looks good to me, a few nits inline.", votes={"Code-Review": 1},
-                           publish=False)
+    comment = fake.comment(2, 1, "Looks good to me, a few nits inline: see the handoff loop.",
+                           votes={"Code-Review": 1}, publish=False)
+    for event in (upload, comment):
+        event["change"]["commitMessage"] = COMMIT_MESSAGE
     fake.changes.clear()
     return upload, comment
 
@@ -83,6 +91,7 @@ def templates(fake: FakeGerrit) -> tuple[dict, dict]:
 def lines(count: int, first_change: int = 100, match_every: int = 10, stamp=None):
     """`count` event lines (bytes), one in `match_every` matching; `stamp()` (if given) is stored in
     each event as `benchSent`."""
+    from tests.ci.fake_gerrit import FakeGerrit  # only where events are made: not in the listener's process
     fake = FakeGerrit("unused")
     try:
         upload, comment = templates(fake)
@@ -96,6 +105,12 @@ def lines(count: int, first_change: int = 100, match_every: int = 10, stamp=None
         if stamp is not None:
             event["benchSent"] = stamp()
         yield json.dumps(event).encode() + b"\n"
+
+
+def peak_rss_mib() -> float:
+    """The most resident memory this process has had at any point (the kernel's high-water mark)."""
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def rss_mib() -> float:

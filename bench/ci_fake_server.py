@@ -2,10 +2,10 @@
 
 Usage: python3 bench/ci_fake_server.py PUBLIC_KEY_FILE KNOWN_HOSTS_FILE
 Prints its port, then reads commands on stdin, one per line:
-  prepare COUNT FIRST_CHANGE   build COUNT event lines (10% matching), print "ready"
+  prepare COUNT FIRST_CHANGE   build COUNT event lines (10% matching), print "ready BYTES"
   send                         publish the prepared lines, print "sent"
   ping                         publish one matching event stamped with the sender's wall clock
-  wait-stream                  print "streaming" once a client follows the stream
+  wait-stream [N]              print "streaming" once stream connection N (default 1) is followed
   quit
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ def main(public_key: str, known_hosts: str) -> None:
             if words[:1] == ["prepare"]:
                 lines = list(ci_common.lines(int(words[1]), int(words[2])))
                 blocks = [b"".join(lines[i:i + 2000]) for i in range(0, len(lines), 2000)]
-                print("ready", flush=True)
+                print("ready", sum(len(b) for b in blocks), flush=True)
             elif words[:1] == ["send"]:
                 for block in blocks:
                     fake.publish_raw(block)
@@ -40,7 +40,9 @@ def main(public_key: str, known_hosts: str) -> None:
                 change += 1
                 fake.publish_raw(next(ci_common.lines(1, change, stamp=time.time)))
             elif words[:1] == ["wait-stream"]:
-                wait_for(lambda: fake.streaming() > 0, "a client to follow the stream", 60)
+                number = int(words[1]) if len(words) > 1 else 1
+                wait_for(lambda: fake.streaming() > 0 and fake.stream_connections >= number,
+                         f"stream connection {number} to be followed", 60)
                 print("streaming", flush=True)
             elif words[:1] == ["quit"]:
                 break

@@ -36,7 +36,7 @@ from cislaves.errors import GerritError
 log = logging.getLogger(__name__)
 Work = Callable[[Job, threading.Event], "str | tuple[str, str] | None"]
 BATCH = 256  # most events in one batch from reader to dispatcher
-INBOX = 16  # batches between reader and dispatcher; a full inbox slows the reader (bounded memory)
+INBOX = 8  # batches between reader and dispatcher; a full inbox slows the reader (bounded memory)
 CREATED_ON = re.compile(rb'"eventCreatedOn":\s*"?(\d{1,16})')  # the time of a line not decoded
 DRAIN = 200  # most stream chunks the dispatcher writes in one transaction
 POLL = 1.0  # seconds an idle worker waits before looking at the queue again (jobs from `fab enqueue`)
@@ -170,7 +170,9 @@ class Service:
             try:
                 data = ev.decode_line(line, limit)
                 if may_select(data) or data.get("type") == ev.DROPPED_OUTPUT:
-                    batch.append(ev.from_dict(data))
+                    event = ev.from_dict(data)
+                    event.line = line  # stored as it came: no second encoding
+                    batch.append(event)
                     if len(batch) >= BATCH:
                         passed += len(batch)
                         self.inbox.put(("events", batch, 0, 0))
@@ -292,8 +294,7 @@ class Service:
             if trigger is None:
                 return False
             self.stats.matched += 1
-            with db.savepoint():
-                job_id = db.enqueue(event, trigger, tolerance=tolerance)
+            job_id = db.enqueue(event, trigger, tolerance=tolerance)  # a failed statement undoes itself
         except ev.BadEvent as exc:
             self.stats.refused += 1
             log.warning("change %.20s patch set %.20s refused: %s", event.change_number, event.patchset_number, exc)

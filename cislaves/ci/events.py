@@ -101,6 +101,7 @@ class Event:
     approvals: tuple[Approval, ...] = ()
     ref_name: str | None = None  # ref-updated only
     project: str | None = None  # ref-updated only
+    line: bytes | None = field(default=None, repr=False)  # the stream line it was decoded from
 
     @property
     def change_number(self) -> int | None:

@@ -146,10 +146,11 @@ class JobQueue:
                 "      AND state IN ('queued','running') AND event_type!='manual') AS newer "
                 "RETURNING id, state",
                 (key, stem, event.created_on, change, patchset, event.change.project, event.change.branch, ref,
-                 event.patchset.revision, trigger, event.type, json.dumps(event.raw, separators=(",", ":")),
+                 event.patchset.revision, trigger, event.type,
+                 event.line.decode() if event.line else json.dumps(event.raw, separators=(",", ":")),
                  now, now, change, patchset, int(manual))).fetchone()
             job_id = row[0] if row else None
-            if row and row[1] == "queued" and not manual:
+            if row and row[1] == "queued" and not manual and patchset > 1:
                 self.db.execute(
                     "UPDATE jobs SET state='cancelled', updated=?, result=? "
                     "WHERE change=? AND patchset<? AND state='queued' AND event_type!='manual'",
@@ -170,18 +171,6 @@ class JobQueue:
                 self.db.execute("ROLLBACK")
                 raise
             self.db.execute("COMMIT")
-
-    @contextlib.contextmanager
-    def savepoint(self) -> Iterator[None]:
-        """Inside a transaction: undo only what this block wrote if it raises."""
-        self.db.execute("SAVEPOINT one_event")
-        try:
-            yield
-        except BaseException:
-            self.db.execute("ROLLBACK TO one_event")
-            self.db.execute("RELEASE one_event")
-            raise
-        self.db.execute("RELEASE one_event")
 
     # -- running jobs
     def claim(self) -> Job | None:

@@ -33,7 +33,7 @@ from cislaves.errors import GerritError
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20  # most bytes taken from the channel at once (its buffer holds at most WINDOW)
-WINDOW = 1 << 23  # SSH channel window (8 MiB) and largest packet we accept (256 KiB): a fast stream
+WINDOW = 1 << 22  # SSH channel window (4 MiB) and largest packet we accept (256 KiB): a fast stream
 PACKET = 1 << 18  # neither stalls on window adjustments nor pays per-packet costs too often
 
 

@@ -50,26 +50,45 @@ class Triggers:
         self._projects = _alternatives([p for t in triggers for p in t.projects])
         self._type_tokens = tuple(json.dumps(t).encode() for t in sorted(self.types) + list(ALWAYS))
         literal = all(not p.startswith("re:") for t in triggers for p in t.projects)
-        self._project_tokens = tuple(json.dumps(p, ensure_ascii=False).encode()
-                                     for t in triggers for p in t.projects) if literal else None
+        self._project_values = frozenset(json.dumps(p, ensure_ascii=False)[1:-1].encode()
+                                         for t in triggers for p in t.projects) if literal else None
 
     def may_select_line(self, line: bytes) -> bool:
-        """False when a raw stream line certainly holds no event a trigger wants and no dropped-output:
-        it names none of the wanted types (or none of the watched projects, when all are exact names)
-        as a JSON string, has no \\u or \\/ escape that could spell one, and looks like an event object
-        (a line that does not is decoded, so that it is reported). True otherwise: decode it."""
-        if b"\\u" in line or b"\\/" in line or line[:1] != b"{" or line[-1:] != b"}" or b'"type"' not in line:
+        """False when a raw stream line certainly holds no event a trigger wants and no dropped-output;
+        True otherwise (decode it). A line is passed over undecoded when it is shaped like an event
+        object and either every "project" key in it names a project no trigger watches (when all are
+        exact names), or it names none of the wanted types as a JSON string and has no \\u escape that
+        could spell one. A line that does not look like an event object is decoded, so that it is
+        reported."""
+        if line[:1] != b"{" or line[-1:] != b"}":
             return True
+        if self._project_values is not None and self._watched(line) is False:
+            return False
         for token in self._type_tokens:
             if token in line:
-                break
-        else:
-            return False
-        if self._project_tokens is None or b'"dropped-output"' in line:
-            return True
-        for token in self._project_tokens:
-            if token in line:
                 return True
+        return b'"type"' not in line or b"\\u" in line
+
+    def _watched(self, line: bytes) -> bool | None:
+        """Whether any "project" key of the line names a watched project; None when that cannot be
+        told without decoding (no such key, a value that is not a plain string)."""
+        find = line.find
+        at = find(b'"project":')
+        if at < 0:
+            return None
+        while at >= 0:
+            at += 10
+            while line[at:at + 1] == b" ":
+                at += 1
+            if line[at:at + 1] != b'"':
+                return None
+            end = find(b'"', at + 1)
+            value = line[at + 1:end]
+            if end < 0 or b"\\" in value:
+                return None
+            if value in self._project_values:
+                return True
+            at = find(b'"project":', end)
         return False
 
     def may_select(self, data: Any) -> bool:
