@@ -132,6 +132,7 @@ def full_disk(tmp_path):
         subprocess.run(["umount", str(mount)], check=True)
 
 
+@pytest.mark.root  # mounts a tmpfs
 def test_a_full_disk_while_recording_deletes_the_new_image_in_one_line(env, ec2, full_disk):
     env["CISLAVES_MANIFEST"] = str(full_disk / "manifest.json")
     instance = up(env)

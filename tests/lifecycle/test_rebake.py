@@ -3,7 +3,7 @@ targets on moto (their SSH steps reach two local machines through ssh_host), bak
 local target failing its provisioning. The others are validated (a fresh instance of each new
 image passes the checks), published into a real-shaped all.yaml in a git repository (the commit
 holds exactly the id lines), reported (summary, JSON, log file) and notified (aiosmtpd, a local
-webhook); nothing of any run is left behind. The whole matrix takes about a minute."""
+webhook); nothing of any run is left behind (the lock: test_settings.py). The whole matrix takes about a minute."""
 from __future__ import annotations
 
 import json
@@ -163,21 +163,32 @@ def test_nothing_of_any_run_is_left_behind(matrix, ec2):
         assert ec2(region).describe_key_pairs(Filters=[{"Name": f"tag:{TAG_TOOL}", "Values": [TOOL]}])["KeyPairs"] == []
 
 
-def test_a_second_rebake_while_one_runs_exits_75_with_one_line(matrix):
-    import fcntl
+def test_a_second_rebake_of_one_target_counts_the_changed_packages(matrix):
+    """(Runs last: it changes the module's state.) The target now installs jq: the summary counts the
+    packages added against its previous validated image, `fab image_diff` lists them, and the new id is
+    committed on a second branch."""
+    import yaml
 
-    result, folder, path, *_ = matrix
-    config = config_mod.load(path, environ={})
-    with open(config.data_dir / "rebake.lock", "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        lock.write("pid 4242 since 2026-12-02T00:00:00Z\n")
-        lock.flush()
-        second = fab("rebake:only=ec2/debian12/us-west-2,dry_run=true", env=fab_env(path), timeout=120)
-    assert second.returncode == 75
-    assert second.stderr.strip().splitlines() == [
-        f"error: another rebake is running (pid 4242 since 2026-12-02T00:00:00Z; lock "
-        f"{config.data_dir / 'rebake.lock'}); this one exits"]
-    assert second.stdout == ""
+    result, folder, path, published, *_ = matrix
+    old = summary_rows(result.stdout)["local/debian12/lab-a"][1]
+    config = yaml.safe_load(path.read_text())
+    config["rebake"]["targets"][0]["config"] = {"provision": {"extra_packages": {"debian12": ["jq"]}}}
+    config["rebake"].pop("notify")
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    again = fab("rebake:only=local/debian12/lab-a", env=fab_env(path), timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    row = next(line for line in again.stdout.splitlines() if line.startswith("local/debian12/lab-a "))
+    new, changed = row.split()[2], int(row.split()[-1])
+    diff = fab(f"image_diff:{old},{new}", env=fab_env(path), timeout=60)
+    assert diff.returncode == 0, diff.stderr
+    lines = diff.stdout.splitlines()
+    assert any(re.match(r"^\+ jq \S+$", line) for line in lines), diff.stdout
+    assert lines[-1] == f"{changed} added, 0 removed, 0 changed between {old} and {new}"
+    assert changed >= 1
+    branches = subprocess.run(["git", "-C", str(folder), "branch", "--list", "images-*"], capture_output=True,
+                              text=True, check=True).stdout.split()
+    assert len([b for b in branches if b.startswith("images-")]) == 2
+    assert f"debian12: {new}" in published.read_text()
 
 
 def run_of(ec2, ami):

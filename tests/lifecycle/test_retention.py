@@ -106,3 +106,50 @@ def test_delete_image_refuses_a_published_or_in_use_image_and_deletes_an_old_one
     assert result.stdout.strip() == f"Deleted image {made['v3'].id} on ec2"
     assert not exists(ec2, made["v3"])
     assert made["v3"].id not in {b["artifact_id"] for b in manifest.builds(config.manifest)}
+
+
+@pytest.mark.root
+def test_prune_on_the_local_cloud_frees_the_layers_of_old_images(tmp_path, local_cache_dir):
+    """The local cloud too: three images, each of a fresh machine (as bakes make them), keep 1, and a
+    machine booted from the middle one. The newest and the one in use stay; once the machine is gone,
+    only the newest does, and the others' layers leave the data dir."""
+    path = write_config(tmp_path / "segredos", cache_dir=local_cache_dir, rebake={
+        "targets": [{"cloud": "local", "distribution": "debian12"}], "keep": 1})
+    config = config_mod.load(path, environ={})
+    owner = State(config.data_dir).owner_id()
+    cloud = clouds.get("local", config)
+    debian12 = distros.get("debian12")
+
+    def launch(image):
+        run_id = new_run_id()
+        return cloud.launch(LaunchSpec(distribution=debian12, image=image, run_id=run_id, name=f"t-{run_id}",
+                                       tags=standard_tags(run_id, "debian12", "instance", owner=owner),
+                                       key_dir=tmp_path / "keys"))
+
+    made = []
+    for _ in range(3):
+        machine = launch(cloud.base_image(debian12))
+        try:
+            image_run = new_run_id()
+            image = cloud.create_image(machine, f"cislaves-debian12-{image_run}",
+                                       standard_tags(image_run, "debian12", "image", owner=owner))
+        finally:
+            cloud.destroy(machine)
+        manifest.record(config.manifest, [image], distribution="debian12", run_id=image_run,
+                        name=image.name, source_image=None)
+        manifest.mark(config.manifest, [image.id], validated=True)
+        made.append(image)
+    user = launch(made[1])
+    try:
+        first = fab("prune", env=fab_env(path), timeout=120)
+        assert first.returncode == 0, first.stderr[-2000:]
+        assert re.search(rf"^keep local - debian12 {made[2].id} \(validated, newest 1 of 1\)$", first.stdout, re.M)
+        assert re.search(rf"^keep local - debian12 {made[1].id} \(in use by an instance\)$", first.stdout, re.M)
+        assert re.search(rf"^deleted local - debian12 {made[0].id} ", first.stdout, re.M), first.stdout
+    finally:
+        cloud.destroy(user)
+    second = fab("prune", env=fab_env(path), timeout=120)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert re.search(rf"^deleted local - debian12 {made[1].id} ", second.stdout, re.M), second.stdout
+    assert [i.id for i in cloud.list_images({"cislaves:role": "image"})] == [made[2].id]
+    assert sorted(p.name for p in (config.data_dir / "local" / "images").iterdir()) == [made[2].id]

@@ -76,3 +76,24 @@ def test_bad_targets_are_one_line_through_fab(tmp_path, targets, expected):
     (line,) = result.stderr.strip().splitlines()
     assert re.search(expected, line), line
     assert not (tmp_path / "data" / "rebakes").exists()
+
+
+def test_a_second_rebake_while_one_runs_exits_75_with_one_line(tmp_path, moto_url, ec2):
+    import fcntl
+
+    path = write_config(tmp_path, moto_url=moto_url, rebake={
+        "targets": [{"cloud": "ec2", "distribution": "debian12", "region": "us-west-2"}]})
+    config = config_mod.load(path, environ={})
+    config.data_dir.mkdir(parents=True)
+    before = ec2().describe_instances()["Reservations"]
+    with open(config.data_dir / "rebake.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        lock.write("pid 4242 since 2026-12-02T00:00:00Z\n")
+        lock.flush()
+        second = fab("rebake:only=ec2/debian12,dry_run=true", env=fab_env(path), timeout=120)
+    assert second.returncode == 75
+    assert second.stderr.strip().splitlines() == [
+        f"error: another rebake is running (pid 4242 since 2026-12-02T00:00:00Z; lock "
+        f"{config.data_dir / 'rebake.lock'}); this one exits"]
+    assert second.stdout == ""
+    assert ec2().describe_instances()["Reservations"] == before
