@@ -109,6 +109,24 @@ def test_sigterm_then_sigkill_of_fab_listen_mid_build(make_config, gerrit):
         jobs = fab("jobs", env={"CISLAVES_CONFIG": str(config.path)})
         row = [line for line in jobs.stdout.splitlines() if line.startswith(f"{first.job_id} ") and "nova" in line]
         assert len(row) == 1 and "unit" in row[0] and "SUCCESS" in row[0] and rerun.log_dir in row[0]
+        logs = fab(f"logs:job={first.job_id},lines=2", env={"CISLAVES_CONFIG": str(config.path)}).stdout
+        assert f"== unit build {rerun.id}: SUCCESS" in logs and f"{rerun.log_dir}/job-output.txt" in logs
+        assert logs.rstrip().endswith("[cislaves] result: SUCCESS")
     finally:
         status, err = stop_process(proc)
     assert status == 0, err
+
+
+def test_enqueue_runs_the_one_job_named(make_config, listener, gerrit):
+    from cislaves.ci import cli
+    from cislaves.errors import ConfigError
+
+    config = make_config([{"name": "unit", "body": "echo unit\n"}, {"name": "lint", "body": "echo lint\n"}])
+    gerrit.upload_commit(93, {"a.py": "x = 1\n"}, publish=False)
+    with pytest.raises(ConfigError, match=r"argument job: 'tempest' is not in ci.jobs \(unit, lint\)"):
+        cli.enqueue(config, 93, 1, job="tempest")
+    assert cli.enqueue(config, 93, 1, job="lint").startswith("job 1 queued")
+    listener(config)
+    [build] = wait_for_builds(config, 1)
+    assert (build.name, build.result, build.trigger) == ("lint", "SUCCESS", "manual")
+    assert [j.state for j in job_rows(config)] == ["succeeded"]
