@@ -125,8 +125,11 @@ def test_enqueue_runs_the_one_job_named(make_config, listener, gerrit):
     gerrit.upload_commit(93, {"a.py": "x = 1\n"}, publish=False)
     with pytest.raises(ConfigError, match=r"argument job: 'tempest' is not in ci.jobs \(unit, lint\)"):
         cli.enqueue(config, 93, 1, job="tempest")
-    assert cli.enqueue(config, 93, 1, job="lint").startswith("job 1 queued")
+    assert cli.enqueue(config, 93, 1).startswith("job 1 queued")
+    assert buildcli.cancel(config, 1) == "job 1 cancelled (it was queued)"
+    assert buildcli.cancel(config, 1) == "job 1 is cancelled: nothing to cancel"
+    assert cli.enqueue(config, 93, 1, job="lint").startswith("job 2 queued")
     listener(config)
     [build] = wait_for_builds(config, 1)
-    assert (build.name, build.result, build.trigger) == ("lint", "SUCCESS", "manual")
-    assert [j.state for j in job_rows(config)] == ["succeeded"]
+    assert (build.name, build.result, build.trigger, build.job_id) == ("lint", "SUCCESS", "manual", 2)
+    assert [j.state for j in job_rows(config)] == ["succeeded", "cancelled"]
