@@ -112,7 +112,8 @@ class Gerrit:
     def run(self, argv: list[str]) -> bytes:
         """Run a command to completion; return its output (GerritError on a non-zero exit)."""
         channel = self.exec(argv)
-        channel.settimeout(self.settings.connect_timeout * 4)
+        s = self.settings  # a connection that stalls mid-command is given up within the stall bound
+        channel.settimeout(max(s.connect_timeout, s.idle_probe + s.probe_timeout))
         out, err = bytearray(), bytearray()
         try:
             while True:
