@@ -87,6 +87,7 @@ class FakeOpenStack:
         self.add_network("private", net_id=PRIVATE, router_to=None if rackspace else "public")
         self.faults: list[Fault] = []
         self.server_faults: list[str] = []  # next servers go to ERROR with these messages
+        self.admin_pass = "x"  # what a server create answers as its root password (a secret)
         self.image_faults: list[str] = []  # next snapshots end in these states (killed, deleted, gone)
         self.requests: list[tuple[str, str, int]] = []
         self.interrupts: list[tuple[str, re.Pattern]] = []  # requests that send SIGINT to the client
@@ -292,7 +293,7 @@ class FakeOpenStack:
         }
         for net in nets:
             self._add_port(server_id, net, "compute:nova")
-        return 202, {"server": {"id": server_id, "links": [], "adminPass": "x",
+        return 202, {"server": {"id": server_id, "links": [], "adminPass": self.admin_pass,
                                 "OS-DCF:diskConfig": "AUTO", "security_groups": [{"name": "default"}]}}
 
     def _add_port(self, device_id: str, net_id: str, owner: str) -> dict:

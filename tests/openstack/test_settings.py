@@ -174,3 +174,17 @@ def test_secrets_are_redacted_in_settings(make_cloud, fake):
     cloud = make_cloud(env={"OS_PASSWORD": "hunter2-secret", "RACKSPACE_API_KEY": "rax-9"})
     assert "hunter2-secret" not in repr(cloud.cfg) and "rax-9" not in repr(cloud.cfg)
     assert "hunter2-secret" not in str(cloud.describe())
+
+
+def test_debug_logging_never_shows_the_servers_admin_password(fake, tmp_path):
+    """keystoneauth logs Nova's answers at DEBUG; a server create answer holds adminPass."""
+    fake.admin_pass = "Zq8-adminPass-never-printed"
+    config_file = tmp_path / "cislaves.yaml"
+    config_file.write_text(f"data_dir: {tmp_path / 'data'}\n")
+    env = {**openstack_env(fake), "CISLAVES_CONFIG": str(config_file), "OS_CLOUD": "", "CISLAVES_DEBUG": "1"}
+    up = fab("up:cloud=openstack,distribution=debian12", env=env, timeout=120)
+    down = fab("destroy:cloud=openstack", env=env, timeout=120)
+    output = up.stdout + up.stderr + down.stdout + down.stderr
+    assert up.returncode == 0 and down.returncode == 0, output
+    assert fake.admin_pass not in output
+    assert fake.servers == {} or all(s.get("_deleting") for s in fake.servers.values())

@@ -34,6 +34,10 @@ from cislaves.clouds.openstack.api import Api
 from cislaves.errors import CloudError, ConfigError
 
 log = logging.getLogger(__name__)
+# keystoneauth logs whole request and response bodies to the client's logger at DEBUG, and a server
+# create answer holds the server's adminPass: that logger never shows DEBUG, even with CISLAVES_DEBUG.
+wire_log = logging.getLogger("keystoneauth.cislaves.nova")
+wire_log.setLevel(logging.INFO)
 BASE = api_versions.APIVersion("2.1")  # every Nova speaks it (a legacy v2 API answers it as 2.0)
 
 
@@ -56,9 +60,9 @@ def connect(api: Api, version: str, setting: str):
     against the installed novaclient (no request made), then against the cloud's range."""
     wanted = check_client(version, setting)
     endpoint = api.endpoint("compute")
-    nova = nova_client.Client(BASE, session=api.session, endpoint_override=endpoint, logger=log)
+    nova = nova_client.Client(BASE, session=api.session, endpoint_override=endpoint, logger=wire_log)
     nova.client = KeepAnswer(session=api.session, api_version=BASE, endpoint_override=endpoint,
-                             service_type="compute", user_agent="cislaves", logger=log)
+                             service_type="compute", user_agent="cislaves", logger=wire_log)
     if wanted > BASE:
         check_cloud(api, nova, wanted, setting)
     nova.api_version = wanted
