@@ -221,3 +221,22 @@ def _since_times(commands: list[str]) -> list[int]:
     """The times of the since:"..." terms of the catch-up queries (UTC)."""
     found = [re.search(r'since:"([^"]+)"', c) for c in commands]
     return [calendar.timegm(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")) for m in found if m]
+
+
+def test_a_remembered_position_in_the_future_is_reset_at_start(gerrit, make_config, service_for):
+    """A queue written by an older listener that trusted a future eventCreatedOn: the next start
+    catches up from now minus the margin, not from the future."""
+    config = make_config()
+    path = queue_path(config, ci_settings(config))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = JobQueue(path)
+    try:
+        db.set_last_event_time(int(time.time()) + 10 * 365 * 86400)
+    finally:
+        db.close()
+    gerrit.upload(70_000)  # before the start, within the margin: catch-up finds it
+    service = service_for(config)
+    wait_for(lambda: [j.change for j in job_rows(config)] == [70_000], "the caught-up job", 30,
+             describe=lambda: str(service.stats))
+    since = _since_times(gerrit.commands)
+    assert since and time.time() - service.gerrit_settings.catchup_margin - 5 <= since[0] <= time.time()
