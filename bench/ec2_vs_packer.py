@@ -19,7 +19,10 @@ whole process tree sampled every 10 ms: Packer runs its builder and provisioner 
 EC2 requests per bake, cislaves' start-up (spawn to its first log line), steps and exit (its
 "it: done" line to exit), the `tests` step alone (the minimal package set's checks), and `fab -l`.
 Needs root (the local machine) and Packer (Debian's `packer` package, 1.6.6; CHECKPOINT_DISABLE=1
-keeps it off the network).
+keeps it off the network). The proxy answers with TCP_NODELAY: with Nagle's algorithm its two-write
+answers cost botocore (not Go) about 40 ms a request. --what-if-trimmed-model adds a third bake to
+the rotation: cislaves with botocore reading an EC2 model of only the driver's operations (a driver
+change this bench can try through AWS_DATA_PATH; not what cislaves does today).
 
 Run from the repository root:  python3 bench/ec2_vs_packer.py [--runs 5]
 """
