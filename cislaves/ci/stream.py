@@ -291,17 +291,21 @@ class EventStream:
             if not chunk:
                 return got
             got = True
-            lines = (pending + chunk).split(b"\n")
+            lines = chunk.split(b"\n")
+            if pending:
+                lines[0] = pending + lines[0]
             pending = lines.pop()
             if skipping and lines:
                 lines.pop(0)  # the tail of an over-long line
                 skipping = False
-            good = []
-            for line in lines:
-                if len(line) > limit:
-                    self.on_bad_line(f"line of {len(line)} bytes is longer than the limit of {limit}")
-                elif line:
-                    good.append(line)
+            good = lines
+            if lines and (max(map(len, lines)) > limit or b"" in lines):  # rare: look at each line
+                good = []
+                for line in lines:
+                    if len(line) > limit:
+                        self.on_bad_line(f"line of {len(line)} bytes is longer than the limit of {limit}")
+                    elif line:
+                        good.append(line)
             if good:
                 self.on_lines(good)
             if len(pending) > limit and not skipping:
