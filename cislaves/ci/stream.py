@@ -247,6 +247,9 @@ class EventStream:
             except (OSError, EOFError, paramiko.SSHException) as exc:
                 if not self.stop.is_set():
                     log.warning("%s: connection lost: %s", gerrit.where, exc or type(exc).__name__)
+            except Exception as exc:  # a surprise from the SSH layer: reconnect, never stop reading
+                if not self.stop.is_set():
+                    log.warning("%s: connection lost: %s: %s", gerrit.where, type(exc).__name__, exc)
             finally:
                 gerrit.close()
             self.failures = 0 if got_lines else self.failures + 1
