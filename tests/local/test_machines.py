@@ -76,6 +76,8 @@ def test_machine_runs_systemd_and_answers_ssh_as_root(local_cloud, local_machine
     state = ssh(local_cloud, local_machine, "systemctl", "is-system-running", "--wait", warn=True).strip()
     assert state in ("running", "degraded"), state
     assert ssh(local_cloud, local_machine, "hostname").strip() == local_machine.id
+    # its own name resolves (else every sudo prints "unable to resolve host")
+    assert ssh(local_cloud, local_machine, "getent", "hosts", local_machine.id).split()[0] == "127.0.1.1"
 
 
 def test_booting_a_created_image_shows_the_change_made_before(local_cloud, local_machine, debian12, tmp_path):

@@ -149,7 +149,14 @@ def personalize(root: Path, meta: dict[str, Any], folder: Path) -> None:
     machine_id = meta["extra"].setdefault("machine_id", secrets.token_hex(16))
     put_file(root, "etc/machine-id", machine_id + "\n", 0o444)
     put_file(root, "etc/hostname", meta["id"] + "\n")
+    put_file(root, "etc/hosts", hosts_file(meta["id"]))  # sudo and friends resolve the machine's name
     put_file(root, "etc/resolv.conf", resolv_conf())
+
+
+def hosts_file(name: str) -> str:
+    """Debian's /etc/hosts for a machine called `name` (its name on 127.0.1.1, as the installer writes)."""
+    return (f"127.0.0.1\tlocalhost\n127.0.1.1\t{name}\n"
+            "::1\tlocalhost ip6-localhost ip6-loopback\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n")
 
 
 def resolv_conf() -> str:
@@ -179,7 +186,7 @@ def nameservers(text: str) -> list[str]:
 
 def scrub_layer(layer: Path, instance_id: str) -> None:
     """Take the per-instance files out of a layer becoming an image (each instance writes its own)."""
-    for rel in ("etc/machine-id", "etc/hostname", "etc/resolv.conf", "etc/ssh/ssh_host_ed25519_key",
+    for rel in ("etc/machine-id", "etc/hostname", "etc/hosts", "etc/resolv.conf", "etc/ssh/ssh_host_ed25519_key",
                 "etc/ssh/ssh_host_ed25519_key.pub"):
         path = layer / rel
         if path.is_file() and not path.is_symlink():
