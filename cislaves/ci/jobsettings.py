@@ -11,9 +11,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from cislaves import TOOL
 from cislaves.config import Strict
@@ -58,10 +58,43 @@ class JobSettings(Strict):
         return patterns
 
 
+class RsyncSettings(Strict):
+    """ci.logs.rsync: a log host reached with rsync over SSH (sos-ci's way)."""
+
+    target: str = Field(pattern=r"^[A-Za-z0-9_.-]+@[A-Za-z0-9_.:\[\]-]+:/[^\n\x00]*$")  # user@host:/path
+    key_file: Path | None = None  # relative to the config file
+    port: int = Field(22, ge=1, le=65535)
+    known_hosts: Path = Path("~/.ssh/known_hosts")
+    accept_first_host_key: bool = False  # pin an unknown host key instead of refusing
+
+
+class S3Settings(Strict):
+    """ci.logs.s3: a bucket (credentials from boto3's usual chain: environment, profile, instance role)."""
+
+    bucket: str = Field(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+    prefix: str = Field("", pattern=r"^[A-Za-z0-9_./-]*$")
+    region: str = Field("us-east-1", pattern=r"^[a-z0-9-]+$")
+    endpoint_url: str | None = Field(None, pattern=r"^https?://")  # an S3-compatible service
+
+
 class LogsSettings(Strict):
-    """ci.logs: where the builds' directories are kept (publishing them is CI part 3)."""
+    """ci.logs: where the builds' directories are kept, and where they are published (cislaves.ci.publish)."""
 
     dir: Path | None = None  # default: <data_dir>/ci/logs
+    url: str | None = Field(None, pattern=r"^https?://[^\s\"'<>]+$")  # public base URL of the logs
+    publish: Literal["local", "rsync", "s3"] = "local"
+    rsync: RsyncSettings | None = None
+    s3: S3Settings | None = None
+    keep_days: float = Field(30, ge=0)  # builds older than this are removed from the target; 0: never
+    publish_timeout: float = Field(600, gt=0)  # seconds a publish is retried (with backoff) before it fails
+
+    @model_validator(mode="after")
+    def _target_given(self) -> "LogsSettings":
+        if self.publish == "rsync" and self.rsync is None:
+            raise ValueError("publish: rsync needs ci.logs.rsync: {target: user@host:/path, key_file: ...}")
+        if self.publish == "s3" and self.s3 is None:
+            raise ValueError("publish: s3 needs ci.logs.s3: {bucket: NAME, prefix: ..., region: ...}")
+        return self
 
 
 @dataclass
@@ -141,7 +174,7 @@ def newest_image(config, cloud, plan: Plan, where: str = "") -> Image:
             return cloud.get_image(plan.job.image)
         except CislavesError as exc:
             raise ConfigError(f"{where}image: {plan.job.image!r} not found on cloud {plan.cloud}: {exc}") from None
-    builds = [b for b in manifest.read(config.manifest)["builds"]
+    builds = [b for b in manifest.records(config.manifest)
               if b.get("cloud") == plan.cloud and b.get("distribution") == plan.distribution]
     listed = {}
     if builds:
