@@ -10,6 +10,8 @@ packages=(
   iptables iproute2   # the machines' network namespaces, veth pairs and NAT
   openssh-client      # `fab ssh`
   rsync ca-certificates
+  openssh-server      # the private sshd of the log-publishing tests (rsync over SSH)
+  chromium            # headless checks of the CI's log pages
   shellcheck          # the provisioning scripts' lint (tests)
   python3 python3-venv
 )
