@@ -262,9 +262,11 @@ class _Rsync:
         return f"rsync target {self.settings.target}"
 
     def put_build(self, build_dir: Path, rel: str) -> None:
-        # index.html last: the page never links to a file not yet there
-        self._rsync(["--exclude", f"/{pages.INDEX}", f"{build_dir}/", f"{self.login}:{self.path}/{rel}/"])
-        self._rsync([str(build_dir / pages.INDEX), f"{self.login}:{self.path}/{rel}/{pages.INDEX}"])
+        # index.html last (the page never links to a file not yet there); the second pass sends only
+        # it and leaves the directory's mtime at the build's end (retention reads it)
+        dest = f"{self.login}:{self.path}/{rel}/"
+        self._rsync(["--exclude", f"/{pages.INDEX}", f"{build_dir}/", dest])
+        self._rsync([f"{build_dir}/", dest])
 
     def put_file(self, path: Path, rel: str) -> None:
         self._rsync([str(path), f"{self.login}:{self.path}/{rel}"])

@@ -174,9 +174,7 @@ class Sshd:
         self.key_dir = base / "client key"  # a space in the key's path: the -e option must quote it
         self.key_dir.mkdir()
         self.key = self.key_dir / "id_ed25519"
-        private, public = generate_keypair()
-        self.key.write_text(private)
-        self.key.chmod(0o600)
+        public = generate_keypair(self.key)
         (base / "authorized_keys").write_text(public + "\n")
         self.port = free_port()
         self.known_hosts = base / "known_hosts"
