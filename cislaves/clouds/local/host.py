@@ -37,9 +37,15 @@ def spawn(argv: list[str], log_file: Path, cgroups: list[Path]) -> dict[str, Any
     wrapped = ["/bin/sh", "-c", enter, "sh", *[str(c) for c in cgroups], "--", *argv]
     with open(log_file, "ab") as out:
         proc = subprocess.Popen(wrapped, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True, close_fds=True)
+                                start_new_session=True, close_fds=True, env=clean_environment())
     CHILDREN[proc.pid] = proc
     return {"pid": proc.pid, "start": start_time(proc.pid)}
+
+
+def clean_environment() -> dict[str, str]:
+    """The environment a machine's nspawn runs with for its whole life: a fixed PATH and locale, not
+    fab's (which holds OS_PASSWORD, AWS_SECRET_ACCESS_KEY and whatever else the operator exported)."""
+    return {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 
 
 def exit_status(pid: int) -> int | None:
