@@ -1,8 +1,24 @@
 #!/usr/bin/env bash
 # Installs everything cislaves needs on a Debian/Ubuntu machine (run as root):
-# the local cloud's system packages, and the pinned Python packages in ./.venv.
+# the local cloud's system packages, the locked Python packages (requirements.txt) in ./.venv, and
+# cislaves itself there (editable: .venv/bin/cislaves and .venv/bin/fab run this checkout).
+#   ./setup.sh lock   rewrites requirements.txt from pyproject.toml in a clean venv (keeping the
+#                     locked versions that still fit), then installs as above.
 set -euo pipefail
 cd "$(dirname "$0")"
+
+lock() {
+  local tmp
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' RETURN
+  echo "==> locking '.[all,test]' in a clean venv"
+  python3 -m venv "$tmp/venv"
+  sed -n '/^[A-Za-z0-9]/p' requirements.txt >"$tmp/constraints.txt"
+  "$tmp/venv/bin/python" -m pip install -q --disable-pip-version-check -c "$tmp/constraints.txt" '.[all,test]'
+  { sed -n '/^#/p' requirements.txt; "$tmp/venv/bin/python" -m pip freeze --exclude cislaves; } >"$tmp/lock.txt"
+  mv "$tmp/lock.txt" requirements.txt
+  rm -rf build cislaves.egg-info
+}
 
 packages=(
   systemd-container   # systemd-nspawn: the local cloud's machines
@@ -35,6 +51,10 @@ if [[ ! -x .venv/bin/python ]]; then
   echo "==> python3 -m venv .venv"
   python3 -m venv .venv
 fi
-echo "==> pip install -r requirements.txt"
+if [[ "${1:-}" == lock ]]; then
+  lock
+fi
+echo "==> pip install -r requirements.txt (the lock), then cislaves itself"
 .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt
-echo "==> ready: .venv/bin/fab -l"
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
+echo "==> ready: .venv/bin/cislaves --help (or .venv/bin/fab -l)"

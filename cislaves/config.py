@@ -21,7 +21,11 @@ log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "segredos" / "cislaves.yaml"
-DEFAULT_DATA_DIR = Path("/var/lib/cislaves")
+SYSTEM_DATA_DIR = Path("/var/lib/cislaves")  # root's; anyone else's is under XDG_DATA_HOME
+NOISY_LOGGERS = ("paramiko", "botocore", "boto3", "urllib3", "keystoneauth", "novaclient", "googleapiclient",
+                 "asyncssh", "invoke", "fabric")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+LOG_DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 
 class Strict(BaseModel):
@@ -99,10 +103,32 @@ class Config:
             self.top = TopLevel.model_validate(self.raw)
         except ValidationError as exc:
             raise ConfigError(describe_validation(exc, self.where)) from None
-        data_dir = environ.get("CISLAVES_DATA_DIR") or self.top.data_dir or DEFAULT_DATA_DIR
+        data_dir = environ.get("CISLAVES_DATA_DIR") or self.top.data_dir or default_data_dir(environ)
         self.data_dir = Path(data_dir).expanduser()
         manifest = environ.get("CISLAVES_MANIFEST") or self.top.manifest or (self.data_dir / "manifest.json")
         self.manifest = Path(manifest).expanduser()
+
+    def check_data_dir(self, create: bool = False) -> Path:
+        """The data directory, if it is (or can be made) a writable folder; else a ConfigError in one
+        line naming it and how to choose another. Creates it only with `create` (`validate` does not)."""
+        path = self.data_dir
+        where = "CISLAVES_DATA_DIR" if self.environ.get("CISLAVES_DATA_DIR") else (
+            f"{self.where}: data_dir" if self.top.data_dir else "the default data directory")
+        hint = "set CISLAVES_DATA_DIR or data_dir in the configuration to a writable folder"
+        if create:
+            try:
+                path.mkdir(parents=True, exist_ok=True, mode=0o700)
+            except OSError as exc:
+                raise ConfigError(f"{where}: {path}: cannot create it ({exc.strerror}); {hint}") from None
+        probe = path
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if probe == path and not path.is_dir():
+            raise ConfigError(f"{where}: {path} is not a directory; {hint}")
+        if not os.access(probe, os.W_OK | os.X_OK):
+            what = "is not writable" if probe == path else f"cannot be created ({probe} is not writable)"
+            raise ConfigError(f"{where}: {path} {what}; {hint}")
+        return path
 
     # -- top-level shortcuts
     @property
@@ -184,6 +210,37 @@ class Config:
             if f"{key}_timeout" in fields and key in self.raw.get("timeouts", {}):
                 defaults[f"{key}_timeout"] = getattr(self.timeouts, key)
         return self.section(f"clouds.{cloud}", model, env, defaults)
+
+
+def default_data_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """/var/lib/cislaves for root; $XDG_DATA_HOME/cislaves (default ~/.local/share/cislaves) for anyone
+    else, so a user baking on EC2 only needs no root."""
+    environ = os.environ if environ is None else environ
+    if os.geteuid() == 0:
+        return SYSTEM_DATA_DIR
+    base = environ.get("XDG_DATA_HOME") or ""
+    if not os.path.isabs(base):  # the XDG spec: a relative value is invalid and ignored
+        base = os.path.join(environ.get("HOME") or os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "cislaves"
+
+
+def setup_logging(verbosity: int = 0, environ: Mapping[str, str] | None = None) -> None:
+    """Log lines with date and level on stderr: -1 (--quiet) warnings and errors, 0 info, 1 (--verbose,
+    or CISLAVES_DEBUG set) debug. The SDKs' own loggers stay at warnings (their debug output can hold
+    request bodies). Called once per command; later calls only change the level."""
+    environ = os.environ if environ is None else environ
+    if environ.get("CISLAVES_DEBUG") not in (None, "", "0"):
+        verbosity = max(verbosity, 1)
+    level = {-1: logging.WARNING, 0: logging.INFO, 1: logging.DEBUG}[max(-1, min(1, verbosity))]
+    root = logging.getLogger()
+    if not getattr(setup_logging, "done", False):
+        import sys
+
+        logging.basicConfig(stream=sys.stderr, format=LOG_FORMAT, datefmt=LOG_DATE_FORMAT)
+        for noisy in NOISY_LOGGERS:
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+        setup_logging.done = True
+    root.setLevel(level)
 
 
 def load(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:

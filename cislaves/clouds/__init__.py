@@ -17,6 +17,9 @@ DRIVERS: dict[str, tuple[str, str]] = {
     "static": ("cislaves.clouds.static", "StaticCloud"),
 }
 
+# name -> the pip extra that installs its SDK (pyproject.toml); local and static need none.
+EXTRAS: dict[str, str] = {"ec2": "ec2", "openstack": "openstack", "rackspace": "openstack", "gce": "gce"}
+
 
 def names() -> list[str]:
     return sorted(DRIVERS)
@@ -33,8 +36,10 @@ def driver_class(name: str):
     try:
         return getattr(importlib.import_module(module), cls)
     except ImportError as exc:
-        raise ConfigError(f"cloud {name!r} needs the Python package {exc.name!r}: "
-                          f"pip install -r requirements.txt") from None
+        if exc.name is None or exc.name.split(".")[0] == "cislaves" or name not in EXTRAS:
+            raise  # our own module missing is a bug, not an extra to install
+        raise ConfigError(f"cloud {name!r} needs the Python package {exc.name.split('.')[0]!r}: "
+                          f"pip install 'cislaves[{EXTRAS[name]}]'") from None
 
 
 def get(name: str, config) -> Any:

@@ -29,7 +29,7 @@ def test_fab_enqueue_jobs_and_listen(gerrit, make_config):
     assert out.startswith("job 1 queued: change 7001 patch set 1 (openstack/ironic)"), err
     bad = fab(config, "enqueue", "--change", "7001", "--patchset", "x")
     out, err = bad.communicate(timeout=60)
-    assert bad.returncode == 1 and err.strip().splitlines()[-1] == (
+    assert bad.returncode == 2 and err.strip().splitlines()[-1] == (
         "error: argument patchset: expected a positive whole number, got 'x'")
     out, _ = fab(config, "jobs").communicate(timeout=60)
     assert out.splitlines()[1].split()[:6] == ["1", "queued", "7001", "1", "openstack/ironic", "manual"]

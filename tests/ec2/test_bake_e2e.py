@@ -141,7 +141,7 @@ def test_sigint_during_the_image_wait_leaves_nothing_of_the_run(ec2_env, local_m
 def test_a_stale_configured_ami_is_one_line_and_creates_nothing(ec2_env, proxy):
     env = ec2_env(base_images={"debian12": {"ami": "ami-00000000deadbeef"}})
     result = fab("it:cloud=ec2,distribution=debian12", env=env, timeout=120)
-    assert result.returncode == 1
+    assert result.returncode == 2  # a configuration error (cislaves.exitcodes.USAGE)
     line = one_error_line(result.stderr)
     assert "clouds.ec2.base_images.debian12.ami: ami-00000000deadbeef no longer exists in us-west-2" in line
     assert "the filter would pick ami-0deb00000000120" in line

@@ -54,7 +54,7 @@ def test_fab_listen_refuses_a_bad_job_before_starting(make_config, tmp_path):
     config = make_config([{"name": "unit", "run": "missing.sh"}])
     done = subprocess.run(["fab", "listen"], cwd=REPO, capture_output=True, text=True, timeout=60,
                           env={**os.environ, "CISLAVES_CONFIG": str(config.path)}, stdin=subprocess.DEVNULL)
-    assert done.returncode == 1
+    assert done.returncode == 2  # a configuration error
     assert done.stderr.strip().splitlines() == [
         f"error: {config.path}: ci.jobs[0] (unit): run: script {tmp_path / 'missing.sh'} does not exist "
         "(paths are relative to the config file)"]
