@@ -127,6 +127,9 @@ class EC2Proxy:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Answers go out in two writes (headers, body): with Nagle's algorithm on, botocore, which
+            # delays its ACKs, waited about 40 ms for every body.
+            disable_nagle_algorithm = True
 
             def log_message(self, *args):  # quiet
                 pass
