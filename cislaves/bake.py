@@ -345,7 +345,7 @@ def reap(s: Session) -> list[str]:
             dead.append(entry.instance.run_id)
     if not dead:
         return removed
-    built = {b.get("artifact_id") for b in manifest.read(s.config.manifest)["builds"]}
+    built = {b.get("artifact_id") for b in manifest.records(s.config.manifest)}
     with shielded():
         for run_id in dead:
             log.info("%s removing leftovers of interrupted run %s", s.label(), run_id)
@@ -401,4 +401,3 @@ def _remove_run(s: Session, run_id: str, known: list[Instance]) -> list[str]:
     if ok:
         s.state.end_run(run_id)
     return removed
-

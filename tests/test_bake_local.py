@@ -14,6 +14,7 @@ import time
 import pytest
 import yaml
 
+from cislaves import images as manifest_mod
 from cislaves.clouds.base import generate_keypair
 from tests.cli import REPO, fab
 from tests.fixtures_local import tool_leftovers
@@ -117,7 +118,9 @@ def test_it_bakes_an_image_that_boots_and_leaves_nothing(bake_env):
     assert tool_leftovers(bake_env.data_dir) == []
     # the manifest records it, Packer-style
     manifest = json.loads((bake_env.data_dir / "manifest.json").read_text())
-    build = manifest["builds"][-1]
+    assert manifest["builds"][-1]["artifact_id"] == image  # no region: the bare id, as Packer writes it
+    assert manifest["builds"][-1]["builder_type"] == "cislaves-local"
+    build = manifest_mod.records(manifest)[-1]
     assert build["artifact_id"] == image and build["cloud"] == "local"
     assert build["distribution"] == "debian12" and build["source_image"] == "local-debian12-base-bookworm"
     assert manifest["last_run_uuid"] == build["run_id"]

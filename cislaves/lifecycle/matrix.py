@@ -296,7 +296,7 @@ def _package_changes(config, target, made: list[Image]) -> tuple[str | None, int
     """How many packages changed against the previous validated image of the target's group."""
     new = packages.load(config.data_dir, made[0].id)
     ids = {i.id for i in made}
-    for build in reversed(manifest.builds(config.manifest)):
+    for build in reversed(manifest.records(config.manifest)):
         if (build.get("cloud"), build.get("distribution")) != (target.cloud, target.distribution) or \
                 build.get("artifact_id") in ids or not build.get("validated") or build.get("copy_of"):
             continue

@@ -41,7 +41,7 @@ def prune(config, targets: Iterable, keep: int, *, published: set[str], dry_run:
     state = State(config.data_dir)
     owner = state.owner_id()
     live_runs = set(state.runs())
-    builds = manifest.builds(config.manifest)
+    builds = manifest.records(config.manifest)
     validated = {b.get("artifact_id") for b in builds if b.get("validated")}
     order = {b.get("artifact_id"): index for index, b in enumerate(builds)}  # bake order breaks time ties
     decisions: list[Decision] = []
@@ -184,4 +184,3 @@ def _clouds_of(config, targets):
             by_key[key] = (target.cloud, target.session_config(config), set())
         by_key[key][2].add(target.distribution)
     return list(by_key.values())
-

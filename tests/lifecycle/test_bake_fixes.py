@@ -15,6 +15,7 @@ import subprocess
 
 import pytest
 
+from cislaves import images
 from cislaves.records import TAG_RUN, TAG_TOOL
 from tests.cli import REPO, fab
 from tests.lifecycle.conftest import fab_env, write_config
@@ -80,7 +81,7 @@ def test_a_signal_while_the_manifest_write_waits_records_and_prints_the_image(en
     assert "interrupted during create_image" in one_error_line(stderr)
     (image,) = images_of(ec2, instance)
     assert re.search(rf"^Image: {image}$", stdout, re.M), stdout
-    builds = json.loads(manifest.read_text())["builds"]
+    builds = images.records(manifest)
     assert [b["artifact_id"] for b in builds] == [image]
     # the image is the manifest's: neither the next run's reaping nor cleanup removes it
     assert fab("cleanup:cloud=ec2", env=env, timeout=120).returncode == 0

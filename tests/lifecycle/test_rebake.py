@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from cislaves import TOOL, clouds, config as config_mod
+from cislaves import TOOL, clouds, config as config_mod, images
 from cislaves.lifecycle import packages
 from cislaves.records import TAG_RUN, TAG_TOOL
 from tests.cli import fab
@@ -88,7 +88,7 @@ def test_every_published_image_was_validated_and_exists(matrix, ec2):
     result, folder, path, *_ = matrix
     rows = summary_rows(result.stdout)
     config = config_mod.load(path, environ={})
-    builds = {b["artifact_id"]: b for b in json.loads((config.data_dir / "manifest.json").read_text())["builds"]}
+    builds = {b["artifact_id"]: b for b in images.records(config.data_dir / "manifest.json")}
     for target, (status, image, _) in rows.items():
         if status != "ok":
             continue

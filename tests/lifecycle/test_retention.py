@@ -89,7 +89,7 @@ def test_prune_keeps_published_in_use_newest_and_others_images(setup, ec2):
     assert exists(ec2, made["other"])  # another owner's: never ours to prune
     assert snapshot_of_v3 and ec2().describe_snapshots(Filters=[
         {"Name": "snapshot-id", "Values": snapshot_of_v3}])["Snapshots"] == []
-    remaining = {b["artifact_id"] for b in manifest.builds(config.manifest)}
+    remaining = {b["artifact_id"] for b in manifest.records(config.manifest)}
     assert made["v3"].id not in remaining and made["u0"].id not in remaining
 
 
@@ -105,7 +105,7 @@ def test_delete_image_refuses_a_published_or_in_use_image_and_deletes_an_old_one
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == f"Deleted image {made['v3'].id} on ec2"
     assert not exists(ec2, made["v3"])
-    assert made["v3"].id not in {b["artifact_id"] for b in manifest.builds(config.manifest)}
+    assert made["v3"].id not in {b["artifact_id"] for b in manifest.records(config.manifest)}
 
 
 @pytest.mark.root

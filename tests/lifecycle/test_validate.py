@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from cislaves import TOOL, clouds, config as config_mod
+from cislaves import TOOL, clouds, config as config_mod, images
 from cislaves.records import TAG_TOOL
 from tests.cli import fab
 from tests.fixtures_local import tool_leftovers
@@ -84,7 +84,7 @@ def test_a_dry_run_bakes_and_validates_but_changes_no_file(tmp_path, moto_url, m
     git = subprocess.run(["git", "-C", str(folder), "log", "--all", "--oneline"], capture_output=True, text=True,
                          check=True).stdout.splitlines()
     assert len(git) == 1
-    build = next(b for b in json.loads((folder / "data" / "manifest.json").read_text())["builds"]
+    build = next(b for b in images.records(folder / "data" / "manifest.json")
                  if b["artifact_id"] == image)
     assert build["validated"] is True and "published" not in build
     assert re.search(rf"^prune: keep ec2 us-west-2 debian12 {image} \(validated, newest 1 of 3\)$",
