@@ -23,6 +23,12 @@ from cislaves.records import TAG_DISTRIBUTION, TAG_TOOL, Image
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$"
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 RESERVED_ENV = ("GERRIT_", "BUILD_ID", "JOB_NAME", "WORKSPACE", "LOG_DIR")
+URL = r"^https?://[^\s\"'<>\\]+$"
+RSYNC_TARGET = re.compile(r"^[A-Za-z0-9_.-]+@[A-Za-z0-9_.:\[\]-]+:/[^\n\x00]*$")
+S3_SHAPES = {"bucket": (r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", "an S3 bucket name (3-63 of a-z 0-9 . -)"),
+             "prefix": (r"^[A-Za-z0-9_./-]*$", "letters, digits, _ . - and /"),
+             "region": (r"^[a-z0-9-]+$", "a region name such as us-east-1"),
+             "endpoint_url": (URL, "an http:// or https:// URL")}
 
 
 class JobSettings(Strict):
@@ -61,32 +67,54 @@ class JobSettings(Strict):
 class RsyncSettings(Strict):
     """ci.logs.rsync: a log host reached with rsync over SSH (sos-ci's way)."""
 
-    target: str = Field(pattern=r"^[A-Za-z0-9_.-]+@[A-Za-z0-9_.:\[\]-]+:/[^\n\x00]*$")  # user@host:/path
+    target: str  # user@host:/absolute/path
     key_file: Path | None = None  # relative to the config file
     port: int = Field(22, ge=1, le=65535)
     known_hosts: Path = Path("~/.ssh/known_hosts")
     accept_first_host_key: bool = False  # pin an unknown host key instead of refusing
 
+    @field_validator("target")
+    @classmethod
+    def _target(cls, value: str) -> str:
+        if not RSYNC_TARGET.match(value):
+            raise ValueError(f"{value!r}: expected user@host:/absolute/path")
+        return value
+
 
 class S3Settings(Strict):
     """ci.logs.s3: a bucket (credentials from boto3's usual chain: environment, profile, instance role)."""
 
-    bucket: str = Field(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-    prefix: str = Field("", pattern=r"^[A-Za-z0-9_./-]*$")
-    region: str = Field("us-east-1", pattern=r"^[a-z0-9-]+$")
-    endpoint_url: str | None = Field(None, pattern=r"^https?://")  # an S3-compatible service
+    bucket: str
+    prefix: str = ""  # letters, digits, _ . - /
+    region: str = "us-east-1"
+    endpoint_url: str | None = None  # an S3-compatible service (http(s)://host:port)
+
+    @field_validator("bucket", "prefix", "region", "endpoint_url")
+    @classmethod
+    def _shape(cls, value: str | None, info) -> str | None:
+        pattern, expected = S3_SHAPES[info.field_name]
+        if value is not None and not re.match(pattern, value):
+            raise ValueError(f"{value!r}: expected {expected}")
+        return value
 
 
 class LogsSettings(Strict):
     """ci.logs: where the builds' directories are kept, and where they are published (cislaves.ci.publish)."""
 
     dir: Path | None = None  # default: <data_dir>/ci/logs
-    url: str | None = Field(None, pattern=r"^https?://[^\s\"'<>]+$")  # public base URL of the logs
+    url: str | None = None  # public base URL of the logs (in comments and pages)
     publish: Literal["local", "rsync", "s3"] = "local"
     rsync: RsyncSettings | None = None
     s3: S3Settings | None = None
     keep_days: float = Field(30, ge=0)  # builds older than this are removed from the target; 0: never
     publish_timeout: float = Field(600, gt=0)  # seconds a publish is retried (with backoff) before it fails
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(URL, value):
+            raise ValueError(f"{value!r}: expected an http:// or https:// URL")
+        return value
 
     @model_validator(mode="after")
     def _target_given(self) -> "LogsSettings":

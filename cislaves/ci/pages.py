@@ -38,7 +38,7 @@ def build_index(build_dir: Path, title: str, facts: dict | None = None) -> str:
         for rel, size in files)
     facts = facts or {}
     meta = "".join(
-        f"<tr><th>{_e(label)}</th><td{_cls(facts.get(key)) if key == 'result' else ''}>{_e(_fact(facts.get(key)))}</td></tr>\n"
+        f"<tr><th>{_e(label)}</th><td{_cls(facts[key]) if key == 'result' else ''}>{_e(_fact(facts[key]))}</td></tr>\n"
         for key, label in (("job", "job"), ("project", "project"), ("branch", "branch"), ("change", "change"),
                            ("patchset", "patch set"), ("trigger", "trigger"), ("result", "result"),
                            ("detail", "detail"), ("start", "start (UTC)"), ("duration", "duration"))

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 # <NN>/<change>/<patchset>/<trigger>/<job>/<build id>: what the runner writes (runner.log_dir_for)
 BUILD_PATH = re.compile(r"^\d\d/\d+/\d+/[A-Za-z0-9_.-]+/[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9]+$")
 DEPTH = 6
+STATUS_TIMEOUT = 60.0  # a status page is retried this long at most: the next change of state sends it again
 TEXT_SUFFIXES = {".txt", ".log", ".out", ".err", ".conf", ".cfg", ".ini", ".yaml", ".yml", ".sh", ".py",
                  ".diff", ".patch", ".csv", ".md", ".rst", ".subunit.txt"}
 TYPES = {".json": "application/json", ".html": "text/html; charset=utf-8", ".htm": "text/html; charset=utf-8",
@@ -149,12 +150,14 @@ class Publisher:
 
     def publish_status(self, rows: Iterable) -> None:
         """Render the status page from build records (cislaves.ci.builds.Build: running, queued, recent)
-        into <logs dir>/index.html and copy it to the target."""
+        into <logs dir>/index.html and copy it to the target (retried for STATUS_TIMEOUT at most, since
+        the next change of state publishes it again; then PublishError)."""
         self.root.mkdir(parents=True, exist_ok=True)
         html = pages.status_page(rows, self.title, self._log_href, self._change_href)
         path = self.root / pages.INDEX
         pages.write_atomic(path, html)
-        self._retry(lambda: self.target.put_file(path, pages.INDEX), f"publishing the status page to {self.target}")
+        self._retry(lambda: self.target.put_file(path, pages.INDEX), f"publishing the status page to {self.target}",
+                    min(self.timeout, STATUS_TIMEOUT))
 
     def expire(self, keep_days: float | None = None) -> list[str]:
         """Remove builds older than keep_days (default ci.logs.keep_days; 0: keep all) from the target, and
@@ -173,7 +176,7 @@ class Publisher:
         return removed
 
     # -- helpers
-    def _retry(self, action: Callable[[], object], what: str):
+    def _retry(self, action: Callable[[], object], what: str, timeout: float | None = None):
         done = []
 
         def attempt():
@@ -190,7 +193,7 @@ class Publisher:
                 raise
 
         try:
-            wait_for(attempt, what, self.timeout, first_delay=0.2, max_delay=30)
+            wait_for(attempt, what, timeout or self.timeout, first_delay=0.2, max_delay=30)
         except CislavesError as exc:
             raise PublishError(f"{what}: {exc}; the local files are kept in {self.root}") from None
         return done[-1]

@@ -93,6 +93,20 @@ def all_builds(config):
         store.close()
 
 
+def old_and_recent(config, old_days: float, recent_days: float):
+    """Two finished builds of changes 1200 and 1300 (both under 00/), published with the status page;
+    returns (publisher, old, recent)."""
+    from cislaves.ci.publish import Publisher
+
+    old = make_build(config, change=1200, ended_days_ago=old_days)
+    recent = make_build(config, change=1300, ended_days_ago=recent_days)
+    publisher = Publisher.from_config(config)
+    for build in (old, recent):
+        publisher.publish_build(Path(build.log_dir))
+    publisher.publish_status(all_builds(config))
+    return publisher, old, recent
+
+
 def tree(root: Path) -> dict[str, bytes]:
     """Every file below root, by relative path (to compare copies)."""
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}

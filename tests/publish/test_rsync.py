@@ -11,7 +11,7 @@ import pytest
 
 from cislaves.ci.publish import Publisher, PublishError
 from cislaves.waiting import Pending, wait_for
-from tests.publish.conftest import HOSTILE, Sshd, all_builds, make_build, tree
+from tests.publish.conftest import old_and_recent, HOSTILE, Sshd, all_builds, make_build, tree
 
 
 def rsync_logs(sshd, remote: Path, **extra) -> dict:
@@ -23,7 +23,8 @@ def rsync_logs(sshd, remote: Path, **extra) -> dict:
 def test_build_and_status_page_copied_to_the_log_host(sshd, make_config, tmp_path):
     remote = tmp_path / "srv logs"  # a space in the remote path too
     config = make_config(logs=rsync_logs(sshd, remote))
-    build = make_build(config, artifacts={"logs/tempest.log": "ok\n", "logs/$(touch cislaves-pwned) `touch cislaves-pwned`.txt": "x\n"})
+    hostile = "logs/$(touch cislaves-pwned) `touch cislaves-pwned`.txt"
+    build = make_build(config, artifacts={"logs/tempest.log": "ok\n", hostile: "x\n"})
     publisher = Publisher.from_config(config)
     url = publisher.publish_build(Path(build.log_dir))
     rel = f"34/1234/2/check/acme-unit/{build.id}"
@@ -87,12 +88,7 @@ def test_publish_failing_until_the_deadline_keeps_the_local_files(make_config, t
 def test_retention_on_the_log_host(sshd, make_config, tmp_path):
     remote = tmp_path / "remote"
     config = make_config(logs=rsync_logs(sshd, remote))
-    old = make_build(config, change=1200, ended_days_ago=40)
-    kept = make_build(config, change=1300, ended_days_ago=2)
-    publisher = Publisher.from_config(config)
-    for build in (old, kept):
-        publisher.publish_build(Path(build.log_dir))
-    publisher.publish_status(all_builds(config))
+    publisher, old, kept = old_and_recent(config, 40, 2)
     assert publisher.expire(30) == [f"00/1200/2/check/acme-unit/{old.id}"]
     assert not (remote / "00" / "1200").exists() and (remote / "00" / "1300" / "2").is_dir()
     assert (remote / "index.html").is_file()

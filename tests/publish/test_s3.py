@@ -15,7 +15,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from cislaves.ci.publish import Publisher
-from tests.publish.conftest import all_builds, make_build, tree
+from tests.publish.conftest import old_and_recent, all_builds, make_build, tree
 
 BUCKET = "acme-ci-logs"
 
@@ -126,12 +126,7 @@ def test_publish_retried_until_the_endpoint_answers(s3, moto_s3, make_config):
 
 def test_retention_by_the_builds_end(s3, moto_s3, make_config):
     config = make_config(logs=s3_logs(moto_s3))
-    old = make_build(config, change=1200, ended_days_ago=31)
-    kept = make_build(config, change=1300, ended_days_ago=1)
-    publisher = Publisher.from_config(config)
-    for build in (old, kept):
-        publisher.publish_build(Path(build.log_dir))
-    publisher.publish_status(all_builds(config))
+    publisher, old, kept = old_and_recent(config, 31, 1)
     assert publisher.expire(30) == [f"00/1200/2/check/acme-unit/{old.id}"]
     keys = set(objects(s3))
     assert not any(k.startswith("ci/00/1200/") for k in keys)
