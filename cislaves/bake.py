@@ -401,3 +401,4 @@ def _remove_run(s: Session, run_id: str, known: list[Instance]) -> list[str]:
     if ok:
         s.state.end_run(run_id)
     return removed
+

@@ -184,3 +184,4 @@ def _clouds_of(config, targets):
             by_key[key] = (target.cloud, target.session_config(config), set())
         by_key[key][2].add(target.distribution)
     return list(by_key.values())
+
