@@ -35,8 +35,10 @@ def v3_token(cloud, body: dict) -> tuple[int, dict, dict]:
     ident = body.get("auth", {}).get("identity", {})
     pw = ident.get("password", {}).get("user", {})
     appcred = ident.get("application_credential", {})
+    token = ident.get("token", {})  # the token method: a token this Keystone issued (or was given)
     ok = (pw.get("name") == cloud.username and pw.get("password") == cloud.password) or \
-        (appcred.get("id") == "appcred-id" and appcred.get("secret") == cloud.password)
+        (appcred.get("id") == "appcred-id" and appcred.get("secret") == cloud.password) or \
+        ("token" in ident.get("methods", []) and token.get("id") in cloud.tokens)
     if not ok:
         return 401, {"error": {"code": 401, "message": "The request you have made requires authentication.",
                                "title": "Unauthorized"}}, {}

@@ -1,12 +1,17 @@
 """The keystoneauth1 session of the OpenStack driver: Keystone v3 (password, application credential),
-v2.0 (password) and Rackspace's API key (RAX-KSKEY:apiKeyCredentials on identity v2.0)."""
+v2.0 (password) and Rackspace's API key (RAX-KSKEY:apiKeyCredentials on identity v2.0) built here;
+every other `auth_type` (token, v3token, v3oidcpassword, v3totp... whatever keystoneauth's plugins
+offer) loaded by openstack.config exactly as the `openstack` command loads it, from clouds.yaml and
+the settings, whose values (environment, config section) win over the file's."""
 from __future__ import annotations
 
 from keystoneauth1 import identity
 from keystoneauth1 import session as ks_session
 
-from cislaves.clouds.openstack.settings import Settings
+from cislaves.clouds.openstack.settings import AUTH_KEYS, Settings, cloud_region
 from cislaves.errors import ConfigError
+
+OWN_AUTH_TYPES = {None, "password", "v2password", "v3password", "v3applicationcredential"}
 
 
 def session(s: Settings, cloud_name: str):
@@ -19,6 +24,9 @@ def session(s: Settings, cloud_name: str):
 def auth_plugin(s: Settings, cloud_name: str):
     """The keystoneauth1 plugin for the settings: application credential, Rackspace API key or password."""
     section = f"clouds.{cloud_name}"
+    auth_type = s.auth_type.replace("-", "_") if s.auth_type else None
+    if auth_type not in OWN_AUTH_TYPES and not s.api_key:
+        return loaded_plugin(s, auth_type)
     if not s.auth_url:
         raise ConfigError(f"{section}.auth_url: not set; set OS_AUTH_URL, {section}.auth_url or OS_CLOUD")
     project = {"project_name": s.project_name or s.tenant_name, "project_id": s.project_id or s.tenant_id}
@@ -56,6 +64,19 @@ def auth_plugin(s: Settings, cloud_name: str):
                                     **project, **domains)
     return identity.Password(url, username=s.username, user_id=s.user_id, password=password,
                              **project, **domains)
+
+
+def loaded_plugin(s: Settings, auth_type: str):
+    """The plugin openstack.config loads for this auth type: clouds.yaml's auth (when OS_CLOUD names a
+    cloud) under the settings' own values, so OS_TOKEN or the section still override the file."""
+    auth = {}
+    for key in AUTH_KEYS:
+        value = getattr(s, key, None)
+        if value is not None:
+            auth[key] = value.get_secret_value() if hasattr(value, "get_secret_value") else value
+    region = cloud_region(s.clouds_yaml if s.cloud else None, s.cloud, validate=True, auth_type=auth_type,
+                          auth=auth)  # the region was settled with the settings; auth does not need it
+    return region.get_auth()
 
 
 def _v3_url(url: str) -> str:

@@ -3,6 +3,9 @@
 
 Precedence, highest first: environment variables, the config section (clouds.openstack or
 clouds.rackspace), the named cloud of clouds.yaml (plus secure.yaml), the driver class's DEFAULTS.
+clouds.yaml is read by openstacksdk's `openstack.config`, as the `openstack` command reads it: a
+`profile:` (openstacksdk's vendor profiles, or clouds-public.yaml), secure.yaml merged in, `regions:`
+lists (the first unless a region is named; a name not in the list is refused) and any `auth_type`.
 """
 from __future__ import annotations
 
@@ -23,8 +26,8 @@ CLOUDS_YAML_DIRS = (Path.cwd, lambda: Path.home() / ".config" / "openstack", lam
 AUTH_KEYS = ("auth_url", "username", "user_id", "password", "project_name", "project_id", "tenant_name",
              "tenant_id", "user_domain_name", "user_domain_id", "project_domain_name", "project_domain_id",
              "application_credential_id", "application_credential_name", "application_credential_secret",
-             "api_key")
-TOP_KEYS = ("region_name", "interface", "cacert", "compute_api_version")
+             "api_key", "token")
+TOP_KEYS = ("region_name", "interface", "cacert", "compute_api_version", "auth_type")
 
 
 class Settings(SSHSettings):
@@ -52,6 +55,8 @@ class Settings(SSHSettings):
     application_credential_id: str | None = None
     application_credential_name: str | None = None
     application_credential_secret: SecretStr | None = None
+    auth_type: str | None = None  # keystoneauth's plugin name (password, v3token, v3oidcpassword...)
+    token: SecretStr | None = None  # for auth_type token / v3token
     region_name: str | None = None  # one region for every service (default: the token's, or the only one)
     interface: str = "public"
     cacert: Path | None = None
@@ -89,6 +94,8 @@ ENV = {
     "application_credential_id": "OS_APPLICATION_CREDENTIAL_ID",
     "application_credential_name": "OS_APPLICATION_CREDENTIAL_NAME",
     "application_credential_secret": "OS_APPLICATION_CREDENTIAL_SECRET",
+    "auth_type": "OS_AUTH_TYPE",
+    "token": "OS_TOKEN",
     "region_name": "OS_REGION_NAME",
     "interface": "OS_INTERFACE",
     "cacert": "OS_CACERT",
@@ -106,13 +113,16 @@ def resolve(settings: Settings | dict | None, cloud_name: str, defaults: dict[st
     explicit = settings.model_dump(include=settings.model_fields_set)
     merged: dict[str, Any] = dict(defaults)
     if settings.cloud:
-        merged.update(clouds_yaml_entry(settings.cloud, settings.clouds_yaml, cloud_name))
+        merged.update(clouds_yaml_entry(settings.cloud, settings.clouds_yaml, cloud_name,
+                                        region_name=explicit.get("region_name")))
     merged.update(explicit)
     return Settings.model_validate(merged)
 
 
-def clouds_yaml_entry(name: str, explicit: Path | None, cloud_name: str) -> dict[str, Any]:
-    """Settings from the cloud `name` of clouds.yaml (merged with secure.yaml), as OpenStack users know it."""
+def clouds_yaml_entry(name: str, explicit: Path | None, cloud_name: str,
+                      region_name: str | None = None) -> dict[str, Any]:
+    """Settings from the cloud `name` of clouds.yaml, as openstack.config resolves it (profile,
+    secure.yaml, region list), mapped onto this driver's fields."""
     where = f"clouds.{cloud_name}.cloud (OS_CLOUD)"
     candidates = [Path(explicit)] if explicit else [d() / "clouds.yaml" for d in CLOUDS_YAML_DIRS]
     found = [p for p in candidates if p.is_file()]
@@ -120,14 +130,16 @@ def clouds_yaml_entry(name: str, explicit: Path | None, cloud_name: str) -> dict
         raise ConfigError(f"{where}: cloud {name!r} asked for but no clouds.yaml found "
                           f"(looked at {', '.join(str(p) for p in candidates)})")
     path = found[0]
-    entry = _load_cloud(path, name)
-    if entry is None:
+    raw = _load_cloud(path, name)
+    if raw is None:
         raise ConfigError(f"{path}: clouds.{name}: no such cloud in this file ({where})")
+    if "region_name" in raw and "regions" not in raw:
+        region_name = None  # one region named, no list: the environment's or the section's replaces it
     secure = path.with_name("secure.yaml")
     if secure.is_file():
-        extra = _load_cloud(secure, name) or {}
-        entry = {**entry, **extra, "auth": {**(entry.get("auth") or {}), **(extra.get("auth") or {})}}
-    values: dict[str, Any] = {}
+        _load_cloud(secure, name)  # a readable mapping, or one line naming the file
+    entry = cloud_region(path, name, region_name=region_name).config
+    values: dict[str, Any] = {"clouds_yaml": str(path)}
     auth = entry.get("auth") or {}
     if not isinstance(auth, dict):
         raise ConfigError(f"{path}: clouds.{name}.auth: expected a mapping")
@@ -135,10 +147,12 @@ def clouds_yaml_entry(name: str, explicit: Path | None, cloud_name: str) -> dict
         if key in AUTH_KEYS and value not in (None, ""):
             values[key] = str(value)
         else:
-            log.debug("%s: clouds.%s.auth.%s is not used by cislaves", path, name, key)
+            log.debug("%s: clouds.%s.auth.%s is left to the auth plugin", path, name, key)
+    defaults = _os_defaults()
     for key in TOP_KEYS:
-        if entry.get(key) not in (None, ""):
-            values[key] = str(entry[key])
+        value = entry.get(key)
+        if value not in (None, "") and (key == "region_name" or value != defaults.get(key)):
+            values[key] = str(value)
     if entry.get("verify") is False:
         values["insecure"] = True
     try:
@@ -146,6 +160,68 @@ def clouds_yaml_entry(name: str, explicit: Path | None, cloud_name: str) -> dict
     except Exception as exc:
         raise ConfigError(f"{path}: clouds.{name}: {str(exc).splitlines()[-1].strip()}") from None
     return values
+
+
+def cloud_region(path: Path | None, name: str | None, *, region_name: str | None = None, validate: bool = False,
+                 **overrides: Any):
+    """openstack.config's CloudRegion for cloud `name` of clouds.yaml at `path` (secure.yaml and
+    clouds-public.yaml beside it, plus openstack.config's usual places for those two), or, without a
+    path, for the options given alone. The process environment is not read: ours comes through the
+    settings. validate=True loads the auth plugin (region.get_auth())."""
+    from keystoneauth1 import exceptions as ks_exc
+    from keystoneauth1 import loading as ks_loading
+    from openstack import config as os_config
+    from openstack import exceptions as os_exc
+    from openstack.config import loader
+
+    where = f"{path}: clouds.{name}" if path else "openstack auth"
+    try:
+        if path is None:
+            config = os_config.OpenStackConfig(load_yaml_config=False, load_envvars=False)
+        else:
+            config = os_config.OpenStackConfig(
+                config_files=[str(path)], load_envvars=False,
+                secure_files=[str(path.with_name("secure.yaml")), *loader.SECURE_FILES],
+                vendor_files=[str(path.with_name("clouds-public.yaml")), *loader.VENDOR_FILES])
+        region = config.get_one(cloud=name, validate=False, region_name=region_name or "", **overrides)
+        if not validate:
+            return region
+        auth_type = region.config.get("auth_type")
+        given = region.config.get("auth") or {}
+        missing = [name for name in _required(ks_loading.get_plugin_loader(auth_type))
+                   if given.get(name) in (None, "")]
+        if missing:  # keystoneauth would fail with a TypeError naming a Python argument
+            raise ConfigError(f"{where}: auth_type {auth_type}: missing {', '.join(missing)}")
+        return config.get_one(cloud=name, validate=True, region_name=region_name or "", **overrides)
+    except os_exc.ConfigException as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    except ks_exc.NoMatchingPlugin as exc:
+        raise ConfigError(f"{where}: auth_type: {exc}") from None
+    except ks_exc.MissingRequiredOptions as exc:
+        missing = ", ".join(o.dest for o in exc.options)
+        raise ConfigError(f"{where}: auth_type {overrides.get('auth_type') or ''}: missing {missing}"
+                          .replace("  ", " ")) from None
+
+
+def _required(loader) -> list[str]:
+    """The options a keystoneauth plugin cannot do without: those its loader marks required and the
+    arguments without a default of the plugin class it builds (v3token's `token` is not marked)."""
+    import inspect
+
+    names = [o.dest for o in loader.get_options() if o.required]
+    plugin = getattr(loader, "plugin_class", None)
+    if plugin is not None:
+        for name, param in inspect.signature(plugin.__init__).parameters.items():
+            if name not in ("self", "auth_url") and param.default is param.empty and \
+                    param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY) and name not in names:
+                names.append(name)
+    return names
+
+
+def _os_defaults() -> dict[str, Any]:
+    from openstack.config import defaults
+
+    return defaults.get_defaults()
 
 
 def _load_cloud(path: Path, name: str) -> dict | None:
