@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import html
 import os
+import threading
 from pathlib import Path
 from typing import Callable, Iterable
 from urllib.parse import quote, urlsplit
@@ -81,7 +82,7 @@ def status_page(rows: Iterable, title: str, log_href: Callable[[object], str | N
 
 def write_atomic(path: Path, text: str) -> None:
     """Write a page so that a web server serves the old one or the new one, never a part."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.chmod(0o644)
     os.replace(tmp, path)

@@ -201,6 +201,8 @@ class Publisher:
     def _log_href(self, row) -> str | None:
         if not row.log_dir or row.state == "queued":
             return None
+        if row.state == "running" and not isinstance(self.target, _Local):
+            return None  # only the local directory has a running build's output so far
         try:
             return self.relative(Path(row.log_dir)) + "/"
         except PublishError:

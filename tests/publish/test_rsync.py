@@ -34,9 +34,11 @@ def test_build_and_status_page_copied_to_the_log_host(sshd, make_config, tmp_pat
     assert not any(Path(d, "cislaves-pwned").exists() for d in (Path.home(), Path.cwd(), remote))
     assert oct((remote / rel / "job-output.txt").stat().st_mode & 0o777) == "0o644"
 
+    running = make_build(config, change=1301, patchset=1, state="running")
     publisher.publish_status(all_builds(config))
     page = (remote / "index.html").read_text()
     assert page == (tmp_path / "logs" / "index.html").read_text()
+    assert ">running<" in page and running.id not in page  # its output is not on the log host yet
     assert f'href="{rel}/"' in page and "&lt;script&gt;" in page and HOSTILE not in page
 
 
