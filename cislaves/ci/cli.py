@@ -45,9 +45,13 @@ def listen(config: Config, work: Work | None = None) -> None:
         stop = threading.Event()
         previous = {sig: signal.signal(sig, lambda signum, frame: stop.set())
                     for sig in (signal.SIGINT, signal.SIGTERM)}
+        metrics = None
         try:
             if runner is not None:
                 runner.start()  # first: reaps what a killed listener left behind
+            from cislaves.ci import metrics as metrics_mod
+
+            metrics = metrics_mod.serve(config, service)  # ci.metrics: /metrics and /healthz
             service.start()
             log.info("listening to %s:%d as %s (%d worker(s), queue %s)", gerrit.host, gerrit.port,
                      gerrit.user, ci.workers, path)
@@ -58,6 +62,8 @@ def listen(config: Config, work: Work | None = None) -> None:
             service.stop()
             if runner is not None:
                 runner.stop()
+            if metrics is not None:
+                metrics.stop()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         if service.error is not None:
@@ -88,6 +94,9 @@ def jobs(config: Config, limit: int = 200) -> list[str]:
                    for build in (built.get(j.id) or [["-"] * len(extra)])],
                   ["ID", "STATE", "CHANGE", "PS", "PROJECT", "TRIGGER", "AGE", *extra])
     lines.append(", ".join(f"{n} {state}" for state, n in counts.items() if n) + f" (queue {printable(str(path))})")
+    from cislaves.ci import report  # buildsets whose Gerrit comment is still owed
+
+    lines += [printable(line) for line in report.unreported(config)]
     return lines
 
 

@@ -21,7 +21,7 @@ import re
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -66,6 +66,7 @@ class Stats:
     caught_up: int = 0  # catch-up results the dispatcher has written
     started: int = 0
     finished: int = 0
+    by_type: dict = field(default_factory=dict)  # events by type; "other": lines no trigger wants (not decoded)
 
 
 class Service:
@@ -241,6 +242,7 @@ class Service:
                         kind, batch = item[:2]
                         if kind == "events" and item[2]:
                             self.stats.events += item[2]
+                            self.stats.by_type["other"] = self.stats.by_type.get("other", 0) + item[2]
                             self._advance(item[3], horizon)
                         for event in batch:
                             if kind == "catch-up" or self._seen(event, horizon):
@@ -278,6 +280,7 @@ class Service:
     def _seen(self, event: ev.Event, horizon: float) -> bool:
         """Count a stream event and note its time; False for dropped-output (which starts a catch-up)."""
         self.stats.events += 1
+        self.stats.by_type[event.type] = self.stats.by_type.get(event.type, 0) + 1
         self._advance(event.created_on, horizon)
         if event.type == ev.DROPPED_OUTPUT:
             log.warning("Gerrit dropped events for this connection; catching up")

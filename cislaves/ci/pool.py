@@ -7,6 +7,8 @@ Runner     the dispatcher's `work(job, stopping)`: a queued job becomes a builds
 ReadyPool  keeps ci.ready instances booted per job from the job's newest image; replaces one taken
            by a build, one whose image is no longer the newest, one older than a day; destroys them
            on stop. Ready instances count against ci.max_instances like builds' instances.
+Reporter   (cislaves.ci.report) once a buildset's builds have all ended: publish each build's logs,
+           then one report; also keeps the status page current.
 reap       at start: builds whose process died are ABORTED (to run again), and this owner's job and
            ready instances that no live process counts are destroyed (found by tag).
 All state shared between these lives in the builds database, none in memory.
@@ -22,6 +24,7 @@ from cislaves import clouds, distros
 from cislaves.ci import builds as store_mod
 from cislaves.ci import jobsettings
 from cislaves.ci.builds import BuildStore
+from cislaves.ci.report import Reporter
 from cislaves.ci.runner import destroy_slot, run_build
 from cislaves.ci.settings import ci_settings, queue_path
 from cislaves.errors import CislavesError, Interrupted
@@ -44,6 +47,7 @@ class Runner:
         self.store_path = store_mod.path_for(self.queue_path)
         wanted = {name: n for name, n in self.ci.ready.items() if n > 0}
         self.pool = ReadyPool(config, wanted) if wanted else None
+        self.reporter = Reporter(config)  # checks the report settings (one line) before anything starts
         self._active = 0
         self._idle = threading.Condition()
 
@@ -52,6 +56,7 @@ class Runner:
             log.info("recovered: %s", line)
         if self.pool:
             self.pool.start()
+        self.reporter.start()  # first sends what a previous listener still owed
 
     def stop(self, timeout: float = 600) -> None:
         """Wait for running builds to finish their cleanup (they abort once the listener stops), then
@@ -60,6 +65,7 @@ class Runner:
             self._idle.wait_for(lambda: self._active == 0, timeout)
         if self.pool:
             self.pool.stop()
+        self.reporter.stop()
 
     def __call__(self, job, stopping: threading.Event) -> tuple[str, str]:
         only = job.event.get("cislaves", {}).get("jobs") if isinstance(job.event.get("cislaves"), dict) else None
@@ -87,6 +93,7 @@ class Runner:
             store.close()
         if stopping.is_set() and any(b.rerun for b in latest.values()):
             raise Interrupted("the listener stopped during the buildset")
+        self.reporter.submit(job.id)  # results are stored: publish, then report once
         results = [latest[s.name].result for s in wanted if s.name in latest]
         summary = ", ".join(f"{latest[s.name].result} {s.name}" for s in wanted if s.name in latest)
         if all(r == "SUCCESS" for r in results):
@@ -113,12 +120,14 @@ class Runner:
             return None
 
         try:
+            self.reporter.changed()
             run_build(build, self.config, should_stop, self.pool.wake if self.pool else None)
         except Exception:  # run_build records its own failures; this is a bug: keep the worker alive
             log.exception("build %s crashed", build.id)
         finally:
             queue.close()
             store.close()
+            self.reporter.changed()  # the status page shows the result
             with self._idle:
                 self._active -= 1
                 self._idle.notify_all()

@@ -5,9 +5,10 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from cislaves.ci.jobsettings import JobSettings, LogsSettings
+from cislaves.ci.reportsettings import EmailSettings, MetricsSettings
 from cislaves.config import Config, Strict
 from cislaves.errors import ConfigError
 
@@ -43,6 +44,10 @@ class GerritSettings(Strict):
     probe_timeout: float = Field(20, gt=0)  # seconds the answer may take before the stream counts as stalled
     max_clock_skew: float = Field(60, ge=0)  # event times further ahead than now + this do not move the position
     git_url: str = "ssh://{user}@{host}:{port}/{project}"  # where the runner fetches changes (a template)
+    # REST reporting (ci.report: rest); the password is a secret: never printed or logged
+    http_url: str | None = Field(None, pattern=r"^https?://[^\s\"'<>]+$")
+    http_user: str | None = None
+    http_password: SecretStr | None = None
 
 
 class Approval(Strict):
@@ -98,6 +103,15 @@ class CISettings(Strict):
     ready: dict[str, Annotated[int, Field(ge=0, le=100)]] = Field(default_factory=dict)  # job name -> instances booted ahead
     infra_retries: int = Field(2, ge=0, le=10)  # NODE_FAILURE retries on a fresh instance
     logs: LogsSettings = Field(default_factory=LogsSettings)
+    # reports (CI part 3, cislaves.ci.report): ssh | rest | false (silent: run and publish, never comment)
+    report: Literal["ssh", "rest", False] = "ssh"
+    vote: Literal["none", "plus", "both"] = "none"  # plus: only +1 on success; both: +1 / -1
+    label: str = Field("Verified", pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,79}$")
+    wiki_url: str | None = Field(None, pattern=r"^https?://[^\s\"'<>]+$")
+    email: EmailSettings | None = None
+    metrics: MetricsSettings | None = None
+    report_backoff_first: float = Field(5, gt=0)  # seconds before retrying a failed report, doubled each time
+    report_backoff_max: float = Field(600, gt=0)  # cap of that delay
 
     @model_validator(mode="after")
     def _unique_names(self) -> "CISettings":

@@ -220,6 +220,7 @@ class EventStream:
         self.connections = 0
         self.failures = 0  # failed connection attempts in a row (the backoff grows with them)
         self.stalls = 0  # streams found stalled by the probe
+        self.down_since: float | None = time.time()  # when the stream stopped flowing (None: streaming)
 
     def run(self) -> None:
         """Read events until stopped; raise Fatal for problems that retrying cannot fix."""
@@ -233,6 +234,7 @@ class EventStream:
                     break
                 channel = gerrit.exec(["gerrit", "stream-events"])
                 self.connections += 1
+                self.down_since = None
                 log.info("%s: streaming events (connection %d)", gerrit.where, self.connections)
                 if self.on_connect is not None:
                     self.on_connect(gerrit, self.connections > 1)
@@ -252,6 +254,8 @@ class EventStream:
                     log.warning("%s: connection lost: %s: %s", gerrit.where, type(exc).__name__, exc)
             finally:
                 gerrit.close()
+                if self.down_since is None:
+                    self.down_since = time.time()
             self.failures = 0 if got_lines else self.failures + 1
             self.stop.wait(self.backoff(self.failures))
 

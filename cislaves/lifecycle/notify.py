@@ -49,16 +49,24 @@ def _email(settings, report, summary, environ) -> str:
     msg.add_attachment(json.dumps(report, indent=2).encode(), maintype="application", subtype="json",
                        filename="rebake.json")
     try:
-        with smtplib.SMTP(smtp.host, smtp.port, timeout=smtp.timeout) as client:
-            if smtp.starttls:
-                client.starttls()
-            if smtp.username:
-                client.login(smtp.username, environ.get(smtp.password_env, ""))
-            client.send_message(msg)
+        smtp_send(msg, smtp.host, smtp.port, smtp.starttls, smtp.username,
+                  environ.get(smtp.password_env, ""), smtp.timeout)
     except (OSError, smtplib.SMTPException) as exc:
         log.warning("notify: email to %s via %s:%s failed: %s", msg["To"], smtp.host, smtp.port, exc)
         return f"email to {msg['To']}: failed ({type(exc).__name__}: {exc})"
     return f"email to {msg['To']}: sent"
+
+
+def smtp_send(msg: EmailMessage, host: str, port: int, starttls: bool, username: str | None,
+              password: str, timeout: float, tls_context=None) -> None:
+    """Send one message (STARTTLS and login when asked); raises OSError or SMTPException. Shared with
+    the CI's reports (cislaves.ci.email)."""
+    with smtplib.SMTP(host, port, timeout=timeout) as client:
+        if starttls:
+            client.starttls(context=tls_context)
+        if username:
+            client.login(username, password)
+        client.send_message(msg)
 
 
 def _webhook(settings, report) -> str:
