@@ -167,6 +167,7 @@ def chromium(url: str, workdir: Path, name: str) -> str:
     subprocess.run([*common, f"--user-data-dir={workdir / (name + '-profile-shot')}", "--window-size=1400,900",
                     f"--screenshot={workdir / (name + '.png')}", url], capture_output=True, timeout=120, check=True)
     assert (workdir / f"{name}.png").stat().st_size > 1000
+    print(f"screenshot of {url}: {workdir / (name + '.png')}")
     return dom
 
 
