@@ -20,11 +20,12 @@ EC2 requests per bake, cislaves' start-up (spawn to its first log line), steps a
 "it: done" line to exit), the `tests` step alone (the minimal package set's checks), and `fab -l`.
 Needs root (the local machine) and Packer (Debian's `packer` package, 1.6.6; CHECKPOINT_DISABLE=1
 keeps it off the network). The proxy answers with TCP_NODELAY: with Nagle's algorithm its two-write
-answers cost botocore (not Go) about 40 ms a request. --what-if-trimmed-model adds a third bake to
-the rotation: cislaves with botocore reading an EC2 model of only the driver's operations (a driver
-change this bench can try through AWS_DATA_PATH; not what cislaves does today).
+answers cost botocore (not Go) about 40 ms a request. --baseline REV adds a third bake to the
+rotation: the same bake by the code of git revision REV (exported with `git archive` into the bench's
+temporary folder; the venv is this one), so what a change bought is measured side by side, in the
+same minutes of a shared machine, not against figures of another hour.
 
-Run from the repository root:  python3 bench/ec2_vs_packer.py [--runs 5]
+Run from the repository root:  python3 bench/ec2_vs_packer.py [--runs 5] [--baseline REV]
 """
 from __future__ import annotations
 
@@ -76,10 +77,9 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5, help="counted runs of each tool (default 5)")
     parser.add_argument("--cache-dir", default=os.environ.get("CISLAVES_TEST_CACHE", "/var/tmp/cislaves-test-cache"),
                         help="the local cloud's base-image cache")
-    parser.add_argument("--what-if-trimmed-model", action="store_true",
-                        help="also time a third bake in the rotation: cislaves with botocore reading a trimmed EC2 "
-                             "model (only the operations the driver names) through AWS_DATA_PATH: what that "
-                             "driver change would buy; not what cislaves does today")
+    parser.add_argument("--baseline", metavar="REV",
+                        help="also time a third bake in the rotation: the code of git revision REV (what a change "
+                             "bought, side by side)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("skipped: needs root (the local-cloud machine both tools reach over SSH)")
@@ -93,11 +93,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="cislaves-bench-packer-") as name, moto_server(Path(name)) as url:
         tmp = Path(name)
-        proxy = EC2Proxy(url)
-        # Its answers go out in two writes (headers, body): with Nagle's algorithm on, a client that
-        # delays its ACKs (botocore's does, Go's does not) waits about 40 ms per request for the body.
-        proxy.server.RequestHandlerClass.disable_nagle_algorithm = True
-        proxy.start()
+        proxy = EC2Proxy(url).start()  # with TCP_NODELAY (see tests/ec2/proxy.py)
         local = machine = None
         try:
             local, machine = boot_target(tmp, args.cache_dir)
@@ -105,9 +101,10 @@ def main() -> int:
             bench.packer()  # warm-up (not counted): moto loads its models, Packer's files reach the page cache
             bench.cislaves()  # warm-up: provisions the machine once; later bootstraps find it provisioned
             bakes = [bench.packer, bench.cislaves]
-            if args.what_if_trimmed_model:
-                bench.trimmed = trimmed_ec2_model(tmp / "aws-data")
-                bakes.append(lambda: bench.cislaves(trimmed=True))
+            if args.baseline:
+                checkout = export(args.baseline, tmp / "baseline")
+                bench.cislaves(checkout, "baseline")  # warm-up of that code (its own caches, if any)
+                bakes.append(lambda: bench.cislaves(checkout, "baseline"))
             runs: list[Run] = []
             for i in range(args.runs):
                 order = bakes if i % 2 == 0 else bakes[::-1]
@@ -187,14 +184,11 @@ class Bench:
                      and PACKER_PROVISION not in line)
         return done.run(ended - ssh, {"start-up": done.lines[0][0], "ssh": began - ssh})
 
-    def cislaves(self, trimmed: bool = False) -> Run:
+    def cislaves(self, checkout: Path = REPO, tool: str = "cislaves") -> Run:
         env = {**os.environ, "CISLAVES_CONFIG": str(self.tmp / "cislaves.yaml"), "AWS_ENDPOINT_URL_EC2": self.proxy.url,
                "AWS_REGION": REGION, "AWS_KEY_PAIR": KEY_PAIR, "AWS_KEY_FILENAME": str(self.machine.key_file),
                "CISLAVES_DATA_DIR": "", "CISLAVES_MANIFEST": "", "PATH": f"{FAB.parent}:{os.environ['PATH']}"}
-        if trimmed:
-            env["AWS_DATA_PATH"] = str(self.trimmed)
-        done = self._spawn("what-if" if trimmed else "cislaves", [str(FAB), "it:cloud=ec2,distribution=debian12"],
-                           env, REPO)
+        done = self._spawn(tool, [str(FAB), "it:cloud=ec2,distribution=debian12"], env, checkout)
         steps = {step: float(sec) for _, line in done.lines for step, sec in STEP.findall(line)}
         parts = {"start-up": first_arrival(done.lines, "up: started"), **steps,
                  "exit": done.wall - first_arrival(done.lines, "it: done")}
@@ -264,40 +258,15 @@ class TreeSampler:
             self.peak = max(self.peak, sum(rss_kib(p) for p in descendants(self.pid)[1:]))
 
 
-def trimmed_ec2_model(folder: Path) -> Path:
-    """A botocore data folder whose EC2 model holds only the operations the driver's code names (as
-    snake_case strings) and the shapes they reach, without documentation: for --what-if-trimmed-model."""
-    import botocore.session
-    from botocore import xform_name
-
-    source = " ".join(p.read_text() for p in (REPO / "cislaves" / "clouds" / "ec2").glob("*.py"))
-    loader = botocore.session.get_session().get_component("data_loader")
-    version = loader.determine_latest_version("ec2", "service-2")
-    model = loader.load_service_model("ec2", "service-2", version)
-    operations = {name: {k: v for k, v in op.items() if k != "documentation"}
-                  for name, op in model["operations"].items() if f'"{xform_name(name)}"' in source}
-    shapes: dict[str, dict] = {}
-
-    def reach(name: str) -> None:
-        if name not in shapes:
-            shape = {k: v for k, v in model["shapes"][name].items() if k != "documentation"}
-            shapes[name] = shape
-            for member in [shape.get(k) for k in ("member", "key", "value")] + list(shape.get("members", {}).values()):
-                if member:
-                    member.pop("documentation", None)
-                    reach(member["shape"])
-
-    for op in operations.values():
-        for ref in [op.get("input"), op.get("output"), *op.get("errors", [])]:
-            if ref:
-                reach(ref["shape"])
-    target = folder / "ec2" / version
-    target.mkdir(parents=True)
-    (target / "service-2.json").write_text(json.dumps({**model, "operations": operations, "shapes": shapes}))
-    paginators = loader.load_service_model("ec2", "paginators-1", version)
-    (target / "paginators-1.json").write_text(json.dumps(
-        {"pagination": {k: v for k, v in paginators["pagination"].items() if k in operations}}))
-    print(f"what-if: a trimmed EC2 model of {len(operations)} operations ({', '.join(sorted(operations))})")
+def export(revision: str, folder: Path) -> Path:
+    """The tree of `revision` in `folder` (fab run there imports that cislaves: invoke puts the
+    fabfile's folder first on sys.path, ahead of the venv's editable install)."""
+    folder.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", revision], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    label = subprocess.run(["git", "-C", str(REPO), "log", "-1", "--format=%h %s", revision], check=True,
+                           capture_output=True, text=True).stdout.strip()
+    print(f"baseline: {label[:100]}")
     return folder
 
 
@@ -353,7 +322,7 @@ def spread(values: list[float], unit: str = "s", digits: int = 2) -> str:
 
 
 def report(runs: list[Run], fab_list: list[float]) -> None:
-    by_tool = {tool: [r for r in runs if r.tool == tool] for tool in ("packer", "cislaves", "what-if")}
+    by_tool = {tool: [r for r in runs if r.tool == tool] for tool in ("packer", "cislaves", "baseline")}
     by_tool = {tool: mine for tool, mine in by_tool.items() if mine}
     print(f"\n{len(by_tool['cislaves'])} runs each, alternating; debian12 minimal + a trivial script, 1 copy region")
     for tool, mine in by_tool.items():
@@ -370,11 +339,11 @@ def report(runs: list[Run], fab_list: list[float]) -> None:
     ratio = (statistics.median([r.overhead for r in by_tool["cislaves"]])
              / statistics.median([r.overhead for r in by_tool["packer"]]))
     print(f"ratio of median overheads, cislaves / packer: {ratio:.2f} (target <= 1.00)")
-    if "what-if" in by_tool:
-        what_if = (statistics.median([r.overhead for r in by_tool["what-if"]])
-                   / statistics.median([r.overhead for r in by_tool["packer"]]))
-        print(f"what-if (trimmed EC2 model, not what cislaves does today): ratio {what_if:.2f}, peak memory "
-              f"{statistics.median([r.rss for r in by_tool['what-if']]):.0f} MiB")
+    if "baseline" in by_tool:
+        before = (statistics.median([r.overhead for r in by_tool["baseline"]])
+                  / statistics.median([r.overhead for r in by_tool["packer"]]))
+        print(f"baseline (the --baseline revision): ratio {before:.2f}, peak memory "
+              f"{statistics.median([r.rss for r in by_tool['baseline']]):.0f} MiB")
     print(f"cislaves peak memory: median {statistics.median([r.rss for r in by_tool['cislaves']]):.0f} MiB "
           f"(target <= 70)")
     tests = spread([r.parts["tests"] for r in by_tool["cislaves"]])
