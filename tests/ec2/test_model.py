@@ -55,6 +55,33 @@ def test_shapes_are_the_installed_botocores(moto_url, tmp_path):
         full.close()
 
 
+def test_endpoints_resolve_as_botocores_for_the_kept_services(tmp_path):
+    """Every region of every partition: EC2's (and the credential providers' services') endpoint data,
+    the partitions and region lists are what botocore's full endpoints.json gives."""
+    from botocore.loaders import Loader
+    from botocore.regions import EndpointResolver
+
+    folder = model.data_path(tmp_path)
+    full_data = Loader().load_data("endpoints")
+    mine_data = json.loads((folder / "endpoints.json").read_text())
+    assert len(json.dumps(mine_data)) < len(json.dumps(full_data)) / 10
+    full, mine = EndpointResolver(full_data), EndpointResolver(mine_data)
+    assert mine.get_available_partitions() == full.get_available_partitions()
+    checked = 0
+    for partition in full_data["partitions"]:
+        name = partition["partition"]
+        regions = sorted({*partition["regions"], *partition["services"]["ec2"].get("endpoints", {})})
+        assert mine_data["partitions"][full.get_available_partitions().index(name)]["regions"] == partition["regions"]
+        for service in model.ENDPOINTS:
+            assert mine.get_available_endpoints(service, name) == full.get_available_endpoints(service, name)
+            assert mine.get_available_endpoints(service, name, True) == full.get_available_endpoints(service, name, True)
+            for region in regions:
+                assert mine.construct_endpoint(service, region) == full.construct_endpoint(service, region), \
+                    (service, region)
+                checked += 1
+    assert checked > 100
+
+
 def test_trimmed_client_answers_every_operation_against_moto(moto_url, tmp_path):
     ec2 = clients(moto_url, tmp_path)
     try:
@@ -74,12 +101,15 @@ def test_generated_once_and_reused(moto_url, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == [first.model_path.name]  # no staging folder left
 
 
-@pytest.mark.parametrize("damage", ["truncated", "not an object", "an operation missing"])
+@pytest.mark.parametrize("damage", ["truncated", "not an object", "an operation missing", "endpoints truncated"])
 def test_damaged_copy_falls_back_to_the_full_model(moto_url, tmp_path, caplog, damage):
     clients(moto_url, tmp_path).close()
     path = trimmed_file(tmp_path)
     text = path.read_text()
-    if damage == "truncated":
+    if damage == "endpoints truncated":
+        endpoints = path.parents[2] / "endpoints.json"
+        endpoints.write_text(endpoints.read_text()[:1000])
+    elif damage == "truncated":
         path.write_text(text[: len(text) // 2])
     elif damage == "not an object":
         path.write_text("[]")
