@@ -19,6 +19,7 @@ copies), returning their relative paths. Both are called from the listener (cisl
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import mimetypes
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 # <NN>/<change>/<patchset>/<trigger>/<job>/<build id>: what the runner writes (runner.log_dir_for)
 BUILD_PATH = re.compile(r"^\d\d/\d+/\d+/[A-Za-z0-9_.-]+/[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9]+$")
 DEPTH = 6
+CONTROL_PERSIST = 60  # seconds an idle shared SSH connection to the log host stays open
 STATUS_TIMEOUT = 60.0  # a status page is retried this long at most: the next change of state sends it again
 TEXT_SUFFIXES = {".txt", ".log", ".out", ".err", ".conf", ".cfg", ".ini", ".yaml", ".yml", ".sh", ".py",
                  ".diff", ".patch", ".csv", ".md", ".rst", ".subunit.txt"}
@@ -88,7 +90,7 @@ class Publisher:
         self.title = title
         self.timeout = logs.publish_timeout
         if logs.publish == "rsync":
-            self.target = _Rsync(logs.rsync, key_file, known_hosts)
+            self.target = _Rsync(logs.rsync, key_file, known_hosts, Path("~/.ssh/cislaves").expanduser())
         elif logs.publish == "s3":
             self.target = _S3(logs.s3)
         else:
@@ -250,7 +252,7 @@ class _Local:
 class _Rsync:
     """A log host over SSH: rsync -a into <target>/<path>, ssh for retention."""
 
-    def __init__(self, settings, key_file: Path | None, known_hosts: Path | None):
+    def __init__(self, settings, key_file: Path | None, known_hosts: Path | None, control_dir: Path | None = None):
         self.settings = settings
         self.login, _, self.path = settings.target.partition(":")
         self.path = self.path.rstrip("/") or "/"
@@ -261,6 +263,13 @@ class _Rsync:
         if known_hosts is not None:
             ssh += ["-o", f"UserKnownHostsFile={known_hosts}"]
         ssh += ["-o", f"StrictHostKeyChecking={'accept-new' if settings.accept_first_host_key else 'yes'}"]
+        if control_dir is not None:  # one SSH connection for a build's passes and the next builds
+            control_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            # the socket's name also hashes the options: another key or known_hosts never reuses it
+            options = hashlib.sha256("\0".join(ssh).encode()).hexdigest()[:10]
+            if len(str(control_dir)) + 53 < 100:  # a unix socket's path limit (%C is 40 characters)
+                ssh += ["-o", "ControlMaster=auto", "-o", f"ControlPath={control_dir}/{options}-%C",
+                        "-o", f"ControlPersist={CONTROL_PERSIST}"]
         self.ssh = ssh
 
     def __str__(self) -> str:
