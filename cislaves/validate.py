@@ -18,8 +18,10 @@ log = logging.getLogger(__name__)
 def run(config, out: Callable[[str], None] = print) -> list[str]:
     """Check everything; print one `ok:` line per part that passed; return the problems (one line each)."""
     problems: list[str] = []
+    log.info("validating %s (data directory %s)", config.where, config.data_dir)
 
     def part(name: str, check: Callable[[], str | None]) -> None:
+        log.debug("checking %s", name)
         try:
             detail = check()
         except CislavesError as exc:

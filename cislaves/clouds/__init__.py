@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,14 @@ DRIVERS: dict[str, tuple[str, str]] = {
     "static": ("cislaves.clouds.static", "StaticCloud"),
 }
 
-# name -> the pip extra that installs its SDK (pyproject.toml); local and static need none.
-EXTRAS: dict[str, str] = {"ec2": "ec2", "openstack": "openstack", "rackspace": "openstack", "gce": "gce"}
+# name -> the pip extra that installs its SDK (pyproject.toml) and the top-level modules it brings;
+# local and static need none. Drivers import their SDK lazily, so the registry checks it up front.
+EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "ec2": ("ec2", ("boto3", "botocore")),
+    "openstack": ("openstack", ("keystoneauth1", "novaclient", "openstack", "requests")),
+    "rackspace": ("openstack", ("keystoneauth1", "novaclient", "openstack", "requests")),
+    "gce": ("gce", ("googleapiclient", "google.auth", "google_auth_httplib2", "httplib2")),
+}
 
 
 def names() -> list[str]:
@@ -32,18 +39,31 @@ def check_name(name: str, where: str = "argument 'cloud'") -> str:
 
 
 def driver_class(name: str):
+    """The driver's class; a missing SDK is a ConfigError naming the extra that installs it."""
     module, cls = DRIVERS[check_name(name)]
+    extra, sdk = EXTRAS.get(name, ("", ()))
+    for needed in sdk:
+        if _missing(needed):
+            raise ConfigError(f"cloud {name!r} needs the Python package {needed!r}: "
+                              f"pip install 'cislaves[{extra}]'")
+    return getattr(importlib.import_module(module), cls)
+
+
+def _missing(module: str) -> bool:
     try:
-        return getattr(importlib.import_module(module), cls)
-    except ImportError as exc:
-        if exc.name is None or exc.name.split(".")[0] == "cislaves" or name not in EXTRAS:
-            raise  # our own module missing is a bug, not an extra to install
-        raise ConfigError(f"cloud {name!r} needs the Python package {exc.name.split('.')[0]!r}: "
-                          f"pip install 'cislaves[{EXTRAS[name]}]'") from None
+        return importlib.util.find_spec(module) is None
+    except ImportError:  # a parent package (google of google.auth) is missing
+        return True
 
 
 def get(name: str, config) -> Any:
     """An instance of the driver for `name`, configured from `config` (cislaves.config.Config)."""
     cls = driver_class(name)
-    settings = config.cloud_settings(name, getattr(cls, "Settings", None), getattr(cls, "ENV", {}))
-    return cls(settings, Path(config.data_dir), name=name)
+    return cls(settings(name, config), Path(config.data_dir), name=name)
+
+
+def settings(name: str, config) -> Any:
+    """The cloud's validated section (a bad key is a ConfigError), without making the driver: a
+    command checks it before its first side effect."""
+    cls = driver_class(name)
+    return config.cloud_settings(name, getattr(cls, "Settings", None), getattr(cls, "ENV", {}))
