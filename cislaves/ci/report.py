@@ -367,7 +367,10 @@ class Reporter:
         if self.ci.email is not None:
             from cislaves.ci import email
 
-            email.send(self.ci.email, self.ci, shown, text, succeeded(shown))
+            try:  # email.send logs its own failures; whatever else happens never touches the report
+                email.send(self.ci.email, self.ci, shown, text, succeeded(shown))
+            except Exception:
+                log.exception("job %d: email", report.job_id)
 
     def publisher(self):
         return self._publisher
