@@ -1,4 +1,4 @@
-"""Run the real `fab` command in a subprocess, from the repository root."""
+"""Run the real `fab` (or `cislaves`) command in a subprocess, from the repository root."""
 from __future__ import annotations
 
 import os
@@ -14,4 +14,13 @@ def fab(*args: str, env: dict[str, str] | None = None, timeout: float = 600,
     full_env = dict(os.environ)
     full_env.update(env or {})
     return subprocess.run(["fab", *args], cwd=REPO, env=full_env, capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL, **kwargs)
+
+
+def cislaves(*args: str, env: dict[str, str] | None = None, timeout: float = 600,
+             **kwargs) -> subprocess.CompletedProcess:
+    """`cislaves ARGS...` (the console script of this venv, setup.sh's editable install), like fab()."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run(["cislaves", *args], cwd=REPO, env=full_env, capture_output=True, text=True,
                           timeout=timeout, stdin=subprocess.DEVNULL, **kwargs)

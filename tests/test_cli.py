@@ -13,7 +13,7 @@ import subprocess
 import pytest
 import yaml
 
-from tests.cli import REPO, fab
+from tests.cli import REPO, cislaves, fab
 
 
 @pytest.fixture
@@ -181,12 +181,6 @@ def test_defaults_come_from_the_config(env, tmp_path):
 
 
 # -- the `cislaves` command (cislaves.cli): the same tasks, its own options, named exit codes
-
-def cislaves(*args: str, env: dict[str, str] | None = None, timeout: float = 120, **kwargs):
-    """`cislaves ARGS...` (the console script of this venv) from the repository root."""
-    return subprocess.run(["cislaves", *args], cwd=REPO, env={**os.environ, **(env or {})}, capture_output=True,
-                          text=True, timeout=timeout, stdin=subprocess.DEVNULL, **kwargs)
-
 
 FABRIC_FLAGS = ["--hosts", "--identity", "--ssh-config", "--prompt-for-login-password", "--connect-timeout",
                 "--collection", "--search-root", "--pty", "--echo", "--warn-only", "--hide", "--dry"]

@@ -12,7 +12,6 @@ import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import boto3
 import pytest
@@ -76,6 +75,10 @@ def test_core_install_has_no_sdk_and_each_cloud_names_its_extra(venv):
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert lines == [f"error: cloud {cloud!r} needs the Python package {package!r}: "
                          f"pip install 'cislaves[{extra}]'"], (cloud, result.stderr)
+    frozen = run([bin_dir / "python", "-m", "pip", "freeze", "--exclude", "cislaves"], root).stdout.split()
+    locked = {line for line in (REPO / "requirements.txt").read_text().splitlines() if not line.startswith("#")}
+    assert frozen and all(re.fullmatch(r"[A-Za-z0-9._-]+==[A-Za-z0-9.+!-]+", line) for line in locked)
+    assert set(frozen) <= locked, set(frozen) - locked  # every package the core brings is pinned in the lock
     local = run([bin_dir / "cislaves", "status:cloud=local"], root, CISLAVES_DATA_DIR=str(root / "data"))
     assert local.returncode == 0 and "No instances on cloud 'local'" in local.stdout, local.stderr
 
