@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 from cislaves import TOOL, clouds, distros, images as manifest, remote
 from cislaves.clouds.base import CleanupPolicy
 from cislaves.config import Config
-from cislaves.errors import CislavesError, CloudError, Interrupted, StateError
+from cislaves.errors import CislavesError, CloudError, ConfigError, Interrupted, StateError
 from cislaves.interrupts import shielded
 from cislaves.records import TAG_RUN, TAG_TOOL, Image, Instance, LaunchSpec, new_run_id, standard_tags, utcnow
 from cislaves.state import State, alive
@@ -41,6 +41,7 @@ class Session:
         self.distribution = distros.get(distribution or config.defaults.distribution,
                                         "argument 'distribution'" if distribution else
                                         f"{config.where}: defaults.distribution")
+        clouds.settings(self.cloud_name, config)  # a bad cloud section is one line before anything is written
         self._cloud = None
         self.owner = self.state.owner_id()
 
@@ -88,6 +89,8 @@ class Session:
 def up(s: Session, image: str | None = None, new: bool = False, role: str = "instance",
        run_id: str | None = None) -> Instance:
     """Boot a new instance (or start the stopped one the state knows; say so if one is running)."""
+    if image is not None:
+        check_image_argument(image)
     reap(s)
     if not image and not new and role == "instance":
         known = s.state.entries(s.cloud_name)
@@ -111,6 +114,7 @@ def up(s: Session, image: str | None = None, new: bool = False, role: str = "ins
     run_id = run_id or new_run_id()
     s.state.start_run(run_id, s.cloud_name, s.distribution.name, role)
     launched: list[Instance] = []
+    launching = False  # before launch() nothing exists: a failure there has nothing to clean up
     try:
         with s.step("up"):
             base = s.cloud.get_image(image) if image else s.cloud.base_image(s.distribution)
@@ -118,17 +122,29 @@ def up(s: Session, image: str | None = None, new: bool = False, role: str = "ins
             spec = LaunchSpec(distribution=s.distribution, image=base, run_id=run_id, name=name,
                               tags=standard_tags(run_id, s.distribution.name, role, name=name, owner=s.owner),
                               key_dir=s.config.data_dir / "keys" / run_id, role=role)
+            launching = True
             instance = s.cloud.launch(spec)
             launched.append(instance)
             s.state.put(instance, role)
             s.out(f"Instance: {instance.id} at {instance.ssh_target}")
     except BaseException:
         with shielded():
-            _remove_run(s, run_id, launched)
+            if launching:
+                _remove_run(s, run_id, launched)
+            else:
+                s.state.end_run(run_id)
         raise
     if role == "instance":
         s.state.end_run(run_id)
     return instance
+
+
+def check_image_argument(image: str) -> None:
+    """An image id or name as the user typed it: no path (a local-cloud id is a folder name), no
+    whitespace or control characters. Checked before the state records a run."""
+    if (not image or image.startswith(("/", "-")) or ".." in image.split("/")
+            or any(c.isspace() or not c.isprintable() for c in image)):
+        raise ConfigError(f"argument 'image': {image!r} is not an image id or name (`fab images` lists them)")
 
 
 def bootstrap(s: Session, instance_id: str | None = None, instance: Instance | None = None) -> None:

@@ -80,8 +80,9 @@ class State:
             return {"version": VERSION, "runs": {}, "instances": {}}
         try:
             data = json.loads(text)
-            if not isinstance(data, dict):
-                raise ValueError("not an object")
+            shape_problem = _shape_problem(data)
+            if shape_problem:
+                raise ValueError(shape_problem)
         except ValueError as exc:
             raise StateError(f"{self.path}: state file is corrupt ({exc}); move it aside and run "
                              f"`fab cleanup` to find what it tracked") from None
@@ -156,6 +157,29 @@ class State:
         """The cloud of the state's instances, if they are all on one."""
         clouds = {e.instance.cloud for e in self.entries()}
         return clouds.pop() if len(clouds) == 1 else None
+
+
+def _shape_problem(data: Any) -> str | None:
+    """What is wrong with the shape of a state file's JSON (None when it is what this module writes):
+    valid JSON of another shape (hand-edited, another tool's) must be one line, not a traceback."""
+    if not isinstance(data, dict):
+        return f"expected a JSON object, got {type(data).__name__}"
+    for section in ("runs", "instances"):
+        value = data.get(section, {})
+        if not isinstance(value, dict):
+            return f"'{section}' should be an object, got {type(value).__name__}"
+        for key, record in value.items():
+            if not isinstance(record, dict):
+                return f"{section}.{key} should be an object, got {type(record).__name__}"
+    for key, record in data.get("instances", {}).items():
+        instance = record.get("instance")
+        if not isinstance(instance, dict) or not all(isinstance(instance.get(f), str) for f in ("id", "cloud")):
+            return f"instances.{key}.instance should be an object with an 'id' and a 'cloud'"
+        try:
+            Instance.from_dict(instance)
+        except (TypeError, ValueError) as exc:
+            return f"instances.{key}.instance: {exc}"
+    return None
 
 
 def key_of(instance: Instance) -> str:

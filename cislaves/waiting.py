@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, TypeVar
 
+from cislaves import progress as progress_mod
 from cislaves.errors import WaitTimeout
 
 T = TypeVar("T")
@@ -34,31 +35,40 @@ def wait_for(probe: Callable[[], Any], what: str, timeout: float, *, first_delay
     Returns what the probe returned. On timeout raises WaitTimeout naming `what`, the time waited and
     the last state seen (the last Pending's `seen`, else `describe()` if given); the exception's
     `last` attribute holds that state. Exceptions from `probe` propagate (a probe decides which errors
-    are final). `progress(what, seen, elapsed)`, if given, is told of every state seen.
+    are final). `progress(what, seen, elapsed)`, if given, is told of every state seen; by default
+    cislaves.progress reports the wait (a log line every 30 s, a live line on a terminal), so a
+    `what` should name the thing waited for and a probe's Pending(seen) its current state.
     """
     started = clock()
     deadline = started + timeout
     delay = first_delay
     seen: Any = None
-    while True:
-        result = probe()
-        if isinstance(result, Pending):
-            seen = result.seen
-        elif result is not None and result is not False:
-            return result
-        now = clock()
-        if progress is not None:
-            progress(what, seen, now - started)
-        if now >= deadline:
-            last = seen
-            if last is None and describe is not None:
-                try:
-                    last = describe()
-                except Exception as exc:  # describing must not hide the timeout
-                    last = f"could not read state: {exc}"
-            tail = f" (last seen: {last})" if last is not None else ""
-            error = WaitTimeout(f"timed out after {timeout:g}s waiting for {what}{tail}")
-            error.last = last
-            raise error
-        time.sleep(min(delay, max(0.0, deadline - now)))
-        delay = min(delay * factor, max_delay)
+    tracker = progress_mod.Tracker(what, timeout, clock=clock) if progress is None else None
+    try:
+        while True:
+            result = probe()
+            if isinstance(result, Pending):
+                seen = result.seen
+            elif result is not None and result is not False:
+                return result
+            now = clock()
+            if tracker is not None:
+                tracker.update(seen, now - started)
+            else:
+                progress(what, seen, now - started)
+            if now >= deadline:
+                last = seen
+                if last is None and describe is not None:
+                    try:
+                        last = describe()
+                    except Exception as exc:  # describing must not hide the timeout
+                        last = f"could not read state: {exc}"
+                tail = f" (last seen: {last})" if last is not None else ""
+                error = WaitTimeout(f"timed out after {timeout:g}s waiting for {what}{tail}")
+                error.last = last
+                raise error
+            time.sleep(min(delay, max(0.0, deadline - now)))
+            delay = min(delay * factor, max_delay)
+    finally:
+        if tracker is not None:
+            tracker.done()

@@ -45,13 +45,17 @@ class SSHSettings(Strict):
     @field_validator("ssh_private_key_file")
     @classmethod
     def _relative_to_the_config_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        """A relative key path in the file means the file's folder (an environment variable's: the
-        current directory, as a shell user expects)."""
-        context = info.context or {}
-        config = context.get("config")
-        if value is None or config is None or info.field_name in context.get("from_env", ()):
-            return value
-        return config.relative(value)
+        return relative_to_config(value, info)
+
+
+def relative_to_config(value: Path | None, info: ValidationInfo) -> Path | None:
+    """For a path field's validator: a relative path in the file means the file's folder (an
+    environment variable's: the current directory, as a shell user expects)."""
+    context = info.context or {}
+    config = context.get("config")
+    if value is None or config is None or info.field_name in context.get("from_env", ()):
+        return value
+    return config.relative(value)
 
 
 @dataclass

@@ -26,7 +26,7 @@ from typing import Any, Callable
 import yaml
 from invoke.exceptions import CommandTimedOut
 
-from cislaves import remote
+from cislaves import progress, remote
 from cislaves.records import new_run_id
 from cislaves.clouds.ssh import ssh_timeout
 from cislaves.errors import ConfigError, ProvisionError, SSHError
@@ -197,6 +197,7 @@ class _LineWriter:
         self.out = out
         self.buffer = ""
         self.last_step: str | None = None
+        self.last_line: str | None = None  # the latest non-empty line, for the progress heartbeat
         self.tty_refused = False
 
     def write(self, text: str) -> int:
@@ -216,6 +217,9 @@ class _LineWriter:
             self.last_step = line[len(STEP_PREFIX):].strip()
         if TTY_REFUSED in line:
             self.tty_refused = True
+        if line.strip():
+            self.last_line = line.strip()
+        progress.clear_live()  # the heartbeat's live line redraws below this line
         self.out(line)
 
 
@@ -305,8 +309,10 @@ class _Session:
         writer = _LineWriter(self.out)
         log.info("running %s on %s", unit.label, self.instance.name)
         try:
-            result = self.conn.run(line, warn=True, pty=self.pty, in_stream=False, out_stream=writer,
-                                   err_stream=writer, timeout=self._remaining())
+            with progress.Heartbeat(f"{unit.label} on {self.instance.name}", lambda: writer.last_line,
+                                    timeout=self.config.timeouts.provision):
+                result = self.conn.run(line, warn=True, pty=self.pty, in_stream=False, out_stream=writer,
+                                       err_stream=writer, timeout=self._remaining())
         except CommandTimedOut:
             writer.flush()
             raise ProvisionError(f"{self.distribution.name}: {unit.label} timed out at step "

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from cislaves import netfail
 from cislaves.errors import CloudError, ConfigError
 from cislaves.waiting import Pending, wait_for
 
@@ -140,7 +141,7 @@ def execute(request, what: str, retry: Retry = Retry()) -> dict[str, Any]:
             raise CloudError(f"gce: {what} failed: could not get an access token: {_first_line(exc)}",
                              cloud="gce", code="RefreshError") from None
         except (TransportError, httplib2.HttpLib2Error, OSError) as exc:
-            if attempt < retry.retries:
+            if attempt < retry.retries and not netfail.refused(exc):  # a refusal answers the same next time
                 attempt = _back_off(attempt, retry, what, type(exc).__name__)
                 continue
             raise CloudError(f"gce: {what} failed: cannot reach the Compute API: {_first_line(exc)}",

@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from cislaves.clouds.ssh import SSHSettings
+from cislaves.clouds.ssh import SSHSettings, relative_to_config
 
 USER = r"^[a-z_][a-z0-9_-]{0,31}$"  # a Linux login the guest agent will create from ssh-keys
 
@@ -42,6 +42,11 @@ class GCESettings(SSHSettings):
     request_timeout: float = Field(60, gt=0)
     api_retries: int = Field(6, ge=0, le=20)  # every request: calls, operation polls, list pages
     api_retry_delay: float = Field(1.0, gt=0, le=60)  # first backoff (doubled per retry, at most 32 s)
+
+    @field_validator("credentials_file", "ssh_public_key_file")
+    @classmethod
+    def _relative_to_the_config_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return relative_to_config(value, info)
 
     @field_validator("image_family")
     @classmethod

@@ -146,7 +146,8 @@ def terminate(proc: dict[str, Any] | None, marker: str, timeout: float, what: st
         return False
     os.kill(int(proc["pid"]), signal.SIGTERM)
     try:
-        wait_for(lambda: gone(proc, marker), f"{what} to power off", timeout, max_delay=0.25)
+        wait_for(lambda: gone(proc, marker) or Pending("still running"), f"{what} to power off", timeout,
+                 max_delay=0.25)
     except WaitTimeout:
         log.warning("%s did not power off within %gs; killing it", what, timeout)
         kill(proc, marker, what)
@@ -158,7 +159,8 @@ def kill(proc: dict[str, Any] | None, marker: str, what: str, timeout: float = 3
     if not alive(proc, marker):
         return False
     os.kill(int(proc["pid"]), signal.SIGKILL)
-    wait_for(lambda: gone(proc, marker), f"{what} to exit after SIGKILL", timeout, max_delay=0.1)
+    wait_for(lambda: gone(proc, marker) or Pending("still running"), f"{what} to exit after SIGKILL", timeout,
+             max_delay=0.1)
     return True
 
 

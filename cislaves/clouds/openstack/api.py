@@ -22,6 +22,7 @@ import requests
 from keystoneauth1 import exceptions as ks_exc
 from novaclient import exceptions as nova_exc
 
+from cislaves import netfail
 from cislaves.errors import CloudError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -73,12 +74,14 @@ class Api:
         attempt = 0
         while True:
             attempt += 1
+            refused = False
             try:
                 resp = fn(*args, **kwargs)
             except ks_exc.SSLError as exc:
                 raise self._error(what, f"TLS failed: {exc}") from None
-            except ks_exc.ConnectionError as exc:
-                status, code, reason, retry_after = None, None, f"cannot connect: {exc}", 0.0
+            except ks_exc.ConnectionError as exc:  # a refusal is final: it answers the same next time
+                refused = netfail.refused(exc)
+                status, code, reason, retry_after = None, None, f"cannot connect: {_connect_reason(exc, refused)}", 0.0
             except ks_exc.HttpError as exc:  # from authentication (the token request)
                 status, code = exc.http_status, None
                 reason, retry_after = f"HTTP {status}: {' '.join(str(exc.message or exc).split())}", 0.0
@@ -99,7 +102,7 @@ class Api:
                 raise CloudError(f"{self.label}: {what} failed: authentication refused ({reason}); check the "
                                  "credentials (OS_USERNAME, OS_PASSWORD, RACKSPACE_API_KEY, OS_CLOUD...)",
                                  cloud=self.cloud, operation=what, code=code, status=401)
-            retriable = status is None or status in RETRY_STATUSES
+            retriable = (status is None and not refused) or status in RETRY_STATUSES
             wait = max(delay, retry_after)
             left = deadline - time.monotonic()
             if not retriable or wait > left:
@@ -300,3 +303,11 @@ def _json(resp) -> dict:
         return resp.json()
     except ValueError:
         return {}
+
+
+def _connect_reason(exc: Exception, refused: bool) -> str:
+    """keystoneauth's connection error in one short line: for a refusal, the URL only (not urllib3's
+    pool repr nested three deep)."""
+    text = " ".join(str(exc).split())
+    url = text.split(": ", 1)[0].replace("Unable to establish connection to ", "")
+    return f"{url}: connection refused or name not resolved" if refused and url != text else text

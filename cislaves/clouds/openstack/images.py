@@ -113,7 +113,8 @@ class ImageMethods:
 
         image_id = self.api.call(f"creating image {name!r} of server {instance.id}", post)
         if not image_id:  # no Location (Rackspace may leave it out): the image is found by what it carries
-            image_id = wait_for(lambda: (self._find_images(name, instance) or [{}])[0].get("id"),
+            image_id = wait_for(lambda: (self._find_images(name, instance) or [{}])[0].get("id")
+                                or Pending("not listed yet"),
                                 f"Glance to list the image {name!r} of server {instance.id}",
                                 min(self.cfg.image_timeout, 300))
         log.info("%s: image %s (%s) requested from server %s", self.name, image_id, name, instance.id)
