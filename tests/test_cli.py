@@ -327,6 +327,12 @@ def test_verbose_and_quiet_together_is_a_usage_error(env):
 
 # -- the data directory
 
+def _user_namespaces() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    return subprocess.run(as_user("true"), capture_output=True, timeout=30).returncode == 0
+
+
 def as_user(*argv: str) -> list[str]:
     """argv run as uid 1000 in a user namespace: geteuid() is not 0, files are reached as their owner."""
     return ["unshare", "--user", "--map-user=1000", "--map-group=1000", *argv]
@@ -339,7 +345,7 @@ def user_env(tmp_path, **extra) -> dict[str, str]:
     return {**env, "HOME": str(tmp_path / "home"), "CISLAVES_CONFIG": str(empty), **extra}
 
 
-@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare (util-linux)")
+@pytest.mark.skipif("not _user_namespaces()", reason="needs unshare --user (util-linux, user namespaces)")
 def test_a_user_gets_a_data_dir_under_xdg_data_home_and_root_var_lib(tmp_path):
     cmd = shutil.which("cislaves")
     result = subprocess.run(as_user(cmd, "status"), env=user_env(tmp_path), capture_output=True, text=True, timeout=60)
@@ -355,7 +361,7 @@ def test_a_user_gets_a_data_dir_under_xdg_data_home_and_root_var_lib(tmp_path):
         assert "ok: data directory (/var/lib/cislaves)" in result.stdout, result.stdout + result.stderr
 
 
-@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare (util-linux)")
+@pytest.mark.skipif("not _user_namespaces()", reason="needs unshare --user (util-linux, user namespaces)")
 def test_an_unwritable_data_dir_is_one_line(tmp_path):
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o555)
