@@ -199,9 +199,9 @@ def create_image(s: Session, instance_id: str | None = None, instance: Instance 
         if not recorded:  # an image the manifest does not name would be nobody's: delete it
             with shielded():
                 gone = _delete_unrecorded(s, made, run_id, name)
-            if isinstance(exc, manifest.ManifestError):
-                raise manifest.ManifestError(f"{exc}; deleted the new image{'s' if len(gone) > 1 else ''} "
-                                             f"{', '.join(gone) or '(none found)'}") from None
+            if isinstance(exc, manifest.ManifestError):  # checked valid before: a failure (exit 1), not config
+                raise CislavesError(f"{exc}; deleted the new image{'s' if len(gone) > 1 else ''} "
+                                    f"{', '.join(gone) or '(none found)'}") from None
         raise
     return made
 

@@ -108,7 +108,7 @@ def test_a_bad_manifest_is_one_line_before_anything_is_created(env, ec2, tmp_pat
         manifest.write_text(content)
     before = instances(ec2)
     result = fab("it:cloud=ec2,distribution=debian12", env=env, timeout=120)
-    assert result.returncode == 1
+    assert result.returncode == 2  # a configuration error: the manifest named cannot be used
     assert re.search(expected, one_error_line(result.stderr))
     assert instances(ec2) == before
 

@@ -97,7 +97,7 @@ def test_delete_image_refuses_a_published_or_in_use_image_and_deletes_an_old_one
     env, made, config = setup
     for label, why in (("v1", "is named in the published YAML"), ("v2", "is in use by an instance")):
         result = fab(f"delete_image:{made[label].id},cloud=ec2", env=env, timeout=120)
-        assert result.returncode == 1
+        assert result.returncode == 2  # refused without force=true: a usage error
         (line,) = [x for x in result.stderr.splitlines() if x.startswith("error:")]
         assert why in line and "Traceback" not in result.stderr
         assert exists(ec2, made[label])
