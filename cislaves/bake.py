@@ -41,14 +41,16 @@ class Session:
         self.distribution = distros.get(distribution or config.defaults.distribution,
                                         "argument 'distribution'" if distribution else
                                         f"{config.where}: defaults.distribution")
-        clouds.settings(self.cloud_name, config)  # a bad cloud section is one line before anything is written
+        # a bad cloud section is one line before anything is written (validated once: one deprecation warning)
+        self._settings = clouds.settings(self.cloud_name, config)
         self._cloud = None
         self.owner = self.state.owner_id()
 
     @property
     def cloud(self):
         if self._cloud is None:
-            self._cloud = clouds.get(self.cloud_name, self.config)
+            driver = clouds.driver_class(self.cloud_name)
+            self._cloud = driver(self._settings, self.config.data_dir, name=self.cloud_name)
         return self._cloud
 
     def label(self, distribution: str | None = None) -> str:

@@ -102,3 +102,96 @@ def test_one_signal_stops_the_remote_command_and_kills_it_on_the_instance(machin
     assert len(errors) == 1 and "interrupted" in errors[0] and "Traceback" not in stderr, stderr[-3000:]
     left = _remote_sleepers(env)
     assert left.returncode == 1, left.stdout  # pgrep: no such process on the instance
+
+
+# -- bad input: one line, before anything is written --------------------------------------------------
+def test_an_unknown_key_of_the_cloud_section_is_found_before_any_state_file_is_written(tmp_path):
+    env = write_config(tmp_path, clouds={"local": {"bogus": 1}})
+    result = fab("it:cloud=local", env=env, timeout=60)
+    assert result.returncode == 2
+    assert one_error_line(result) == f"error: {tmp_path / 'cislaves.yaml'}: clouds.local.bogus: unknown key"
+    assert result.stderr.strip().count("\n") == 0, result.stderr  # no "up: started" noise
+    assert not (tmp_path / "data").exists() or not list((tmp_path / "data").iterdir())  # no owner, no state
+
+
+def test_an_unknown_task_argument_is_one_error_line(tmp_path):
+    result = fab("it:cloud=local,bogus=1", env=write_config(tmp_path), timeout=60)
+    assert result.returncode != 0
+    assert "bogus" in one_error_line(result)
+
+
+def test_an_image_argument_that_is_a_path_is_refused_before_the_state_exists(tmp_path):
+    result = fab("up:cloud=local,image=../../etc", env=write_config(tmp_path), timeout=60)
+    assert result.returncode == 2
+    assert "argument 'image'" in one_error_line(result)
+    assert not (tmp_path / "data" / "state.json").exists()
+
+
+@pytest.mark.parametrize("text", ['{"runs": [], "instances": {}}', '{"instances": {"local:x": 1}}',
+                                  '{"instances": {"local:x": {"instance": {"id": 3}}}}', "[1, 2]"])
+def test_a_state_file_of_valid_json_in_another_shape_is_one_line(tmp_path, text):
+    env = write_config(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "state.json").write_text(text)
+    result = fab("status:cloud=local", env=env, timeout=60)
+    assert result.returncode != 0
+    line = one_error_line(result)
+    assert "state.json: state file is corrupt" in line and "move it aside" in line
+
+
+def test_a_relative_gce_credentials_file_is_the_config_files_neighbour(tmp_path):
+    env = write_config(tmp_path, clouds={"gce": {"project": "my-project-1", "credentials_file": "key.json"}})
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    result = subprocess.run([os.path.join(REPO, ".venv/bin/fab"), "-r", str(REPO), "up:cloud=gce"], cwd=elsewhere,
+                            env={**os.environ, **env}, capture_output=True, text=True, timeout=60,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 2
+    assert f"{tmp_path / 'key.json'}: cannot read" in one_error_line(result)
+
+
+# -- endpoints that refuse connections --------------------------------------------------------------
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:  # bound, never listening: connections to it are refused
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_an_ec2_endpoint_that_refuses_connections_is_one_line_without_retries(tmp_path):
+    port = _closed_port()
+    env = write_config(tmp_path, clouds={"ec2": {"endpoint_url": f"http://127.0.0.1:{port}"}})
+    env.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing-secret", AWS_REGION="us-west-2",
+               AWS_CONFIG_FILE=str(tmp_path / "none"), AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"))
+    result = fab("it:cloud=ec2,distribution=centos7", env=env, timeout=30)  # was 128 s of retries
+    assert result.returncode == 1
+    line = one_error_line(result)
+    assert "ec2 describe_regions in us-west-2 failed: EndpointConnectionError:" in line, line
+    assert "WARNING" not in result.stderr and "could not list" not in result.stderr, result.stderr
+    state = json.loads((tmp_path / "data" / "state.json").read_text())
+    assert state["runs"] == {} and state["instances"] == {}  # nothing was created: nothing to clean later
+
+
+def test_openstack_and_gce_endpoints_that_refuse_connections_are_one_line_without_retries(tmp_path):
+    port = _closed_port()
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+    (tmp_path / "key.json").write_text(json.dumps({
+        "type": "service_account", "project_id": "my-project-1", "private_key_id": "k1", "private_key": key,
+        "client_email": "ci@my-project-1.iam.gserviceaccount.com", "client_id": "1",
+        "token_uri": f"http://127.0.0.1:{port}/token"}))
+    env = write_config(tmp_path, clouds={
+        "openstack": {"auth_url": f"http://127.0.0.1:{port}/v3", "username": "u", "password": "p",
+                      "project_name": "p", "user_domain_name": "Default", "project_domain_name": "Default"},
+        "gce": {"project": "my-project-1", "credentials_file": "key.json",
+                "api_endpoint": f"http://127.0.0.1:{port}/compute/v1/"}})
+    for cloud in ("openstack", "gce"):
+        result = fab(f"up:cloud={cloud}", env=env, timeout=30)  # were 115 s and 50 s of retries
+        assert result.returncode == 1
+        line = one_error_line(result)
+        assert f"{cloud}:" in line and ("refused" in line or "Connection refused" in line), line
+        assert "retrying" not in result.stderr, result.stderr

@@ -46,7 +46,7 @@ def test_stale_configured_ami_is_one_line_naming_the_filters_pick_and_creates_no
     assert "\n" not in message
     assert message.startswith("clouds.ec2.base_images.centos7.ami: ami-00000000deadbeef no longer exists in us-west-2")
     assert f"the filter would pick {CENTOS_79} (CentOS 7.9.2009 x86_64" in message
-    assert set(proxy.actions) == {"DescribeImages"}
+    assert set(proxy.actions) == {"DescribeRegions", "DescribeImages"}  # the region check, then the lookup
 
 
 def test_deregistered_configured_ami_is_stale_too(make_cloud, centos7, tmp_path):

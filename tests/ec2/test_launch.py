@@ -133,7 +133,7 @@ def test_missing_key_file_is_a_config_error_and_creates_nothing(proxy, make_clou
     cloud = make_cloud(proxy.url, ssh_key_pair="ci", ssh_private_key_file=str(tmp_path / "absent"))
     with pytest.raises(ConfigError, match=r"^clouds.ec2.ssh_private_key_file: .*absent does not exist"):
         cloud.launch(make_spec(cloud, centos7, tmp_path / "keys"))
-    assert set(proxy.actions) == {"DescribeImages"}
+    assert set(proxy.actions) == {"DescribeRegions", "DescribeImages"}  # the region check, then the lookup
 
 
 def test_no_credentials_is_one_clear_line(make_cloud, centos7, monkeypatch):

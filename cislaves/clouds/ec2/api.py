@@ -50,6 +50,7 @@ class Clients:
             client = self._client(region)
             client.meta.events.register("before-call.ec2", self._count_call)
             client.meta.events.register("before-send.ec2", self._count_request)
+            client.meta.events.register_first("needs-retry.ec2", refused_is_final)
             self._clients[region] = client
         return self._clients[region]
 
@@ -140,24 +141,45 @@ def pages(clients: Clients, operation: str, key: str, region: str | None = None,
         raise error from None
 
 
+def refused_is_final(caught_exception=None, **_):
+    """botocore's needs-retry hook, ahead of its retry handler: an endpoint that refuses connections (or
+    whose name does not resolve) will not accept the next attempt either, so the call fails at once
+    instead of after max_attempts backoffs (64 s). False means "no retry"; None leaves the decision
+    to botocore's handler (throttling, 5xx, timeouts and dropped connections are still retried)."""
+    from botocore.exceptions import EndpointConnectionError
+
+    if isinstance(caught_exception, EndpointConnectionError):
+        return False
+    return None
+
+
 def translate(exc: Exception, operation: str, region: str) -> CloudError | None:
-    """botocore's exception as a CloudError (None for anything that is not botocore's)."""
+    """botocore's exception as a one-line CloudError naming the cloud, operation, region and code
+    (None for anything that is not botocore's). An unparsable answer (an HTML page from a wrong
+    endpoint) keeps only its first line: the page itself is no message."""
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
     if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
         code = error.get("Code") or None
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        return CloudError(f"ec2 {operation} in {region} failed: {code}: {error.get('Message', '')}",
+        return CloudError(f"ec2 {operation} in {region} failed: {code}: {_first_line(error.get('Message'))}",
                           cloud="ec2", operation=operation, code=code, status=status)
     if isinstance(exc, NoCredentialsError):
         return CloudError("ec2: no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
                           "AWS_PROFILE, or run where an instance role applies", cloud="ec2", operation=operation,
                           code="NoCredentials")
     if isinstance(exc, BotoCoreError):
-        return CloudError(f"ec2 {operation} in {region} failed: {exc}", cloud="ec2", operation=operation,
-                          code=type(exc).__name__)
+        code = type(exc).__name__
+        return CloudError(f"ec2 {operation} in {region} failed: {code}: {_first_line(exc)}", cloud="ec2",
+                          operation=operation, code=code)
     return None
+
+
+def _first_line(text) -> str:
+    lines = [line.strip() for line in str(text or "").splitlines() if line.strip()]
+    first = lines[0] if lines else ""
+    return first[:300] + ("..." if len(first) > 300 or len(lines) > 1 else "")
 
 
 def aws_tags(tags: dict[str, str]) -> list[dict[str, str]]:

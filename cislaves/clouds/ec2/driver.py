@@ -20,6 +20,7 @@ from cislaves.clouds.base import (Capabilities, TAG_RUN, CleanupPolicy, Cloud, I
                                   utcnow, wait_for)
 from cislaves.clouds.ec2 import cleanup as sweep
 from cislaves.clouds.ec2.api import LIVE_STATES, Clients, call, pages, tag_dict, tag_filters, tag_spec
+from cislaves.clouds.ec2 import regions
 from cislaves.clouds.ec2.images import ImagesMixin
 from cislaves.clouds.ec2.settings import ENV, Settings
 from cislaves.clouds.ssh import LoginKey, apply_ssh, login_key
@@ -46,10 +47,29 @@ class EC2Cloud(ImagesMixin, Cloud):
         self.region = settings.region
         self.clients = Clients(settings, self.data_dir / "botocore")  # the trimmed EC2 model (model.py)
 
+    # -- region names, checked against the cloud once, before the first step that creates anything
+    def check_regions(self) -> None:
+        if not getattr(self, "_regions_checked", False):
+            regions.check(self.clients, self.region, self.copy_regions())
+            self._regions_checked = True
+
+    def base_image(self, distribution):
+        self.check_regions()
+        return super().base_image(distribution)
+
+    def get_image(self, image_id: str):
+        self.check_regions()
+        return super().get_image(image_id)
+
+    def copy_image(self, image, regions: list[str]):
+        self.check_regions()
+        return super().copy_image(image, regions)
+
     # -- instances ----------------------------------------------------------------------
     def launch(self, spec: LaunchSpec) -> Instance:
         """Run one instance (temporary key pair and security group unless configured) and wait until
         it runs and has an address. On any failure or Ctrl-C, everything made so far is removed."""
+        self.check_regions()
         tags = {**self.settings.tags, **spec.tags}  # the run's own tags win over extra ones
         undo: list[Callable[[], None]] = []
         extra: dict[str, Any] = {"temporary_key_pair": None, "temporary_security_group": None,
