@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import quote
@@ -330,10 +329,7 @@ class OpenStackCloud(ImageMethods, Cloud):
                                  f"{self.cfg.address_network!r} (clouds.{self.name}.address_network); its networks: "
                                  f"{has}", cloud=self.name, operation="launch", code="NoAddress")
             addresses, default = {**addresses, "network": found}, "network"
-        apply_ssh(instance, self.cfg, addresses, default_interface=default, default_user=user)
-        if instance.proxy_command:  # OpenSSH's %h/%p (paramiko runs the command as given)
-            instance.proxy_command = re.sub(r"%[hp%]", lambda m: {"%h": instance.address, "%p": str(instance.port),
-                                                                  "%%": "%"}[m.group(0)], self.cfg.ssh_proxy_command)
+        apply_ssh(instance, self.cfg, addresses, default_interface=default, default_user=user)  # expands %h/%p
         return instance
 
     # -- helpers: servers and teardown ----------------------------------------------------------
