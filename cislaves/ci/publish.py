@@ -117,6 +117,11 @@ class Publisher:
                 if not key_file.is_file():
                     raise ConfigError(f"{config.where}: ci.logs.rsync.key_file: {key_file} is not a readable file")
             known_hosts = config.relative(Path(logs.rsync.known_hosts).expanduser())
+            if not known_hosts.is_file() and not logs.rsync.accept_first_host_key:
+                host = logs.rsync.target.partition("@")[2].rpartition(":")[0]
+                raise ConfigError(f"{config.where}: ci.logs.rsync.known_hosts: {known_hosts} does not exist; add "
+                                  f"the log host's key (ssh-keyscan -p {logs.rsync.port} {host} >> {known_hosts}) "
+                                  f"or set accept_first_host_key: true")
         gerrit = config.raw.get("gerrit") if isinstance(config.raw.get("gerrit"), dict) else {}
         http_url = gerrit.get("http_url") if isinstance(gerrit.get("http_url"), str) else None
         return cls(logs, root, gerrit_url=pages.safe_url(http_url), key_file=key_file, known_hosts=known_hosts,

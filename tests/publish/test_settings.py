@@ -21,6 +21,9 @@ from cislaves.errors import ConfigError
     ({"publish": "rsync", "rsync": {"target": "logs@loghost:/srv", "key_file": "keys/missing"}},
      "ci.logs.rsync.key_file: {dir}/keys/missing is not a readable file"),
     ({"publish": "rsync", "rsync": {"target": "logs@loghost:/srv", "colour": "red"}}, "ci.logs.rsync.colour"),
+    ({"publish": "rsync", "rsync": {"target": "logs@loghost:/srv", "known_hosts": "none", "port": 2222}},
+     "ci.logs.rsync.known_hosts: {dir}/none does not exist; add the log host's key (ssh-keyscan -p 2222 "
+     "loghost >> {dir}/none) or set accept_first_host_key: true"),
     ({"publish": "s3", "s3": {"bucket": "Acme_Logs"}}, "ci.logs.s3.bucket: Value error, 'Acme_Logs': expected an S3 bucket"),
     ({"publish": "s3", "s3": {"bucket": "acme-ci-logs", "endpoint_url": "file:///etc"}},
      "ci.logs.s3.endpoint_url: Value error, 'file:///etc': expected an http:// or https:// URL"),
@@ -38,9 +41,10 @@ def test_one_line_errors(make_config, tmp_path, logs, expected):
 def test_the_issue_example_is_accepted(make_config, tmp_path):
     (tmp_path / "keys").mkdir()
     (tmp_path / "keys" / "logs").write_text("key")
+    (tmp_path / "keys" / "known_hosts").write_text("")
     publisher = Publisher.from_config(make_config(logs={
         "url": "https://logs.example.org", "publish": "rsync", "keep_days": 30,
-        "rsync": {"target": "logs@loghost:/srv/logs", "key_file": "keys/logs"},
+        "rsync": {"target": "logs@loghost:/srv/logs", "key_file": "keys/logs", "known_hosts": "keys/known_hosts"},
         "s3": {"bucket": "acme-ci-logs", "prefix": "", "region": "us-east-1"}}))
     assert publisher.url_for("34/1234/2/check/job/7a3f9c") == "https://logs.example.org/34/1234/2/check/job/7a3f9c/"
     assert str(tmp_path / "keys" / "logs") in publisher.target.ssh  # relative to the config file
