@@ -14,7 +14,8 @@ from cislaves.errors import ConfigError
     ({"publish": "rsync"}, "ci.logs: Value error, publish: rsync needs ci.logs.rsync"),
     ({"publish": "s3"}, "ci.logs: Value error, publish: s3 needs ci.logs.s3"),
     ({"publish": "ftp"}, "ci.logs.publish: Input should be 'local', 'rsync' or 's3'"),
-    ({"url": "javascript:alert(1)"}, "ci.logs.url: Value error, 'javascript:alert(1)': expected an http:// or https:// URL"),
+    ({"url": "javascript:alert(1)"},
+     "ci.logs.url: Value error, 'javascript:alert(1)': expected an http:// or https:// URL"),
     ({"keep_days": -1}, "ci.logs.keep_days: Input should be greater than or equal to 0"),
     ({"publish": "rsync", "rsync": {"target": "loghost:/srv/logs"}},
      "ci.logs.rsync.target: Value error, 'loghost:/srv/logs': expected user@host:/absolute/path"),
@@ -24,7 +25,8 @@ from cislaves.errors import ConfigError
     ({"publish": "rsync", "rsync": {"target": "logs@loghost:/srv", "known_hosts": "none", "port": 2222}},
      "ci.logs.rsync.known_hosts: {dir}/none does not exist; add the log host's key (ssh-keyscan -p 2222 "
      "loghost >> {dir}/none) or set accept_first_host_key: true"),
-    ({"publish": "s3", "s3": {"bucket": "Acme_Logs"}}, "ci.logs.s3.bucket: Value error, 'Acme_Logs': expected an S3 bucket"),
+    ({"publish": "s3", "s3": {"bucket": "Acme_Logs"}},
+     "ci.logs.s3.bucket: Value error, 'Acme_Logs': expected an S3 bucket"),
     ({"publish": "s3", "s3": {"bucket": "acme-ci-logs", "endpoint_url": "file:///etc"}},
      "ci.logs.s3.endpoint_url: Value error, 'file:///etc': expected an http:// or https:// URL"),
 ])
