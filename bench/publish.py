@@ -49,6 +49,7 @@ def run(name: str, logs: dict, base: Path, builds: int, lines: int) -> None:
     began = time.perf_counter()
     removed = publisher.expire(30)
     expire = time.perf_counter() - began
+    publisher.close()
     size = sum(p.stat().st_size for p in Path(made[0].log_dir).rglob("*") if p.is_file())
     print(f"{name:6} publish_build p50 {statistics.median(times) * 1000:7.1f} ms  max {max(times) * 1000:7.1f} ms "
           f"({size / 1e6:.2f} MB a build) | status page {status * 1000:6.1f} ms ({builds} builds) | "

@@ -182,6 +182,10 @@ class Publisher:
             log.info("expired build %s (older than %g days)", rel, keep_days)
         return removed
 
+    def close(self) -> None:
+        """End the shared SSH connection to the log host now (else it ends after CONTROL_PERSIST idle)."""
+        self.target.close()
+
     # -- helpers
     def _retry(self, action: Callable[[], object], what: str, timeout: float | None = None):
         done = []
@@ -237,6 +241,9 @@ class _Local:
         return None
 
     def put_file(self, path: Path, rel: str) -> None:
+        return None
+
+    def close(self) -> None:
         return None
 
     def expire(self, cutoff: float, root: Path) -> list[str]:
@@ -300,6 +307,11 @@ class _Rsync:
             self._ssh(f"rm -rf -- {paths} && find {quoted} -mindepth 1 -maxdepth {DEPTH - 1} -type d -empty -delete")
         return found
 
+    def close(self) -> None:
+        if "ControlMaster=auto" in self.ssh:
+            subprocess.run([*self.ssh, "-O", "exit", self.login], capture_output=True, timeout=30,
+                           stdin=subprocess.DEVNULL)
+
     def _rsync(self, args: list[str]) -> None:
         # -e is split by rsync itself, which honours quotes: each part quoted (a key path with spaces)
         argv = ["rsync", "-a", "--protect-args", "--mkpath", "--chmod=D755,F644", "--timeout=60",
@@ -332,6 +344,9 @@ class _S3:
 
     def __str__(self) -> str:
         return f"s3://{self.settings.bucket}/{self.prefix}"
+
+    def close(self) -> None:
+        self.client.close()
 
     def put_build(self, build_dir: Path, rel: str) -> None:
         files = sorted((p for p in build_dir.rglob("*") if p.is_file() and not p.is_symlink()),

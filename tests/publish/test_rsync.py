@@ -39,6 +39,12 @@ def test_build_and_status_page_copied_to_the_log_host(sshd, make_config, tmp_pat
     page = (remote / "index.html").read_text()
     assert page == (tmp_path / "logs" / "index.html").read_text()
     assert ">running<" in page and running.id not in page  # its output is not on the log host yet
+
+    control = [o for o in publisher.target.ssh if o.startswith("ControlPath=")]
+    assert control and list(Path.home().joinpath(".ssh", "cislaves").glob(
+        Path(control[0]).name.split("-")[0] + "-*"))  # one shared connection served the passes
+    publisher.close()
+    assert not list(Path.home().joinpath(".ssh", "cislaves").glob(Path(control[0]).name.split("-")[0] + "-*"))
     assert f'href="{rel}/"' in page and "&lt;script&gt;" in page and HOSTILE not in page
 
 
