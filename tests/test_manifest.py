@@ -58,6 +58,9 @@ def test_a_bake_is_one_packer_build_with_its_region_copies_in_artifact_id(tmp_pa
     jq = subprocess.run(["jq", "-r", '.builds[].artifact_id | split(",")[] | select(startswith("us-west-2:")) | split(":")[1]',
                          str(path)], capture_output=True, text=True, check=True)
     assert jq.stdout.split() == ["ami-2"]
+    newest = subprocess.run(["jq", "-r", '.builds[-1].artifact_id | split(",")[0] | split(":")[-1]', str(path)],
+                            capture_output=True, text=True, check=True)  # docs/bakes.md's line
+    assert newest.stdout.strip() == "local-img-1"
 
 
 def test_records_give_one_flat_record_per_image_and_marks_are_strings_in_custom_data(tmp_path):
