@@ -49,7 +49,8 @@ def test_the_issue_example_word_for_word():
               build("cinder-acme-unit", "FAILURE", 72, voting=False, id="cind0002")]
     assert report.message(settings(), builds, URLS) == (
         "Build succeeded (check).\n\n"
-        "* cinder-acme-tempest https://logs.example.org/34/1234/2/check/cinder-acme-tempest/7a3f9c/ : SUCCESS in 5m 03s\n"
+        "* cinder-acme-tempest https://logs.example.org/34/1234/2/check/cinder-acme-tempest/7a3f9c/ : "
+        "SUCCESS in 5m 03s\n"
         "* cinder-acme-unit https://logs.example.org/34/1234/2/check/cinder-acme-unit/b81e04/ : FAILURE in 1m 12s "
         "(non-voting)\n\n"
         f"Acme-CI, contact and documentation: {WIKI}")
