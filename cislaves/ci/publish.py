@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import importlib.util
 import json
 import logging
 import mimetypes
@@ -122,12 +123,8 @@ class Publisher:
                 raise ConfigError(f"{config.where}: ci.logs.rsync.known_hosts: {known_hosts} does not exist; add "
                                   f"the log host's key (ssh-keyscan -p {logs.rsync.port} {host} >> {known_hosts}) "
                                   f"or set accept_first_host_key: true")
-        if logs.publish == "s3":
-            try:
-                import boto3  # noqa: F401
-            except ImportError:
-                raise ConfigError(f"{config.where}: ci.logs.publish: s3 needs boto3 (pip install 'cislaves[ec2]')") \
-                    from None
+        if logs.publish == "s3" and importlib.util.find_spec("boto3") is None:
+            raise ConfigError(f"{config.where}: ci.logs.publish: s3 needs boto3 (pip install 'cislaves[ec2]')")
         gerrit = config.raw.get("gerrit") if isinstance(config.raw.get("gerrit"), dict) else {}
         http_url = gerrit.get("http_url") if isinstance(gerrit.get("http_url"), str) else None
         return cls(logs, root, gerrit_url=pages.safe_url(http_url), key_file=key_file, known_hosts=known_hosts,
