@@ -124,8 +124,8 @@ def forget(manifest: Path, image_ids: Iterable[str]) -> None:
 def records(manifest: Path | dict[str, Any]) -> list[dict[str, Any]]:
     """One flat record per image the manifest names (a path, or data from `read`), in bake order, the
     baked image before its copies: artifact_id (the one id), cloud, region, distribution, run_id,
-    build_time, created, source_image, copy_of (the baked image's id, for a copy), name, validated
-    (bool), published and any other custom_data field. Builds not made by this tool are skipped."""
+    build_time, created, source_image, copy_of (the baked image's id, for a copy), name, and the marks
+    set on it (validated as a bool, published) and any other custom_data field. Builds not made by this tool are skipped."""
     data = manifest if isinstance(manifest, dict) else read(Path(manifest))
     out = []
     for build in data["builds"]:
@@ -138,8 +138,7 @@ def records(manifest: Path | dict[str, Any]) -> list[dict[str, Any]]:
                   if not k.startswith("created:") and k not in ("origin", "created")}
         for region, image_id in pairs:
             copy = image_id != origin
-            out.append({"name": build.get("name"), "build_time": build.get("build_time"),
-                        "validated": False, "published": None, **shared,
+            out.append({"name": build.get("name"), "build_time": build.get("build_time"), **shared,
                         "source_image": custom.get("source_image") or None,
                         "artifact_id": image_id, "region": region,
                         "created": custom.get(f"created:{region}" if copy else "created") or None,
