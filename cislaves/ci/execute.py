@@ -20,7 +20,10 @@ from cislaves.records import utcnow
 
 CHECK_EVERY = 0.25  # seconds between should_stop() calls while the script runs
 KILL_TIMEOUT = 3.0
-RESERVED = ("job-output.txt", "build.json")  # names in the build directory that artifacts never replace
+# names at the top of the build directory that artifacts never replace (the published index included);
+# an artifact of such a name is kept under RENAMED/ instead
+RESERVED = ("job-output.txt", "build.json", "index.html")
+RENAMED = "artifacts"
 # The script starts in its workspace with WORKSPACE and LOG_DIR set ($1: the workspace below $HOME).
 START = 'cd && export WORKSPACE="$HOME/$1" LOG_DIR="$HOME/logs" && cd "$WORKSPACE" && exec "$HOME/.cislaves/run"'
 # Run on the instance (python3 -c): tar to stdout of ~USER/logs (as logs/...) and the patterns' files
@@ -176,7 +179,7 @@ def safe_target(root: Path, member: tarfile.TarInfo) -> Path | None:
     if not parts or member.name.startswith("/") or any(p in ("..", "") for p in parts):
         return None
     if len(parts) == 1 and parts[0] in RESERVED:
-        return None
+        return root / RENAMED / parts[0]
     return root.joinpath(*parts)
 
 
