@@ -14,7 +14,9 @@ cislaves, Packer, ...) after one warm-up run of each that is not counted.
         after its shell provisioner (SSH connection and provisioner, timed by when Packer's lines
         arrive here)
 
-Also printed: peak resident memory of each (the largest process, as `time -v` reports it, and the
+Also printed: CPU seconds of each bake (user + system of the tool and its reaped children, as `time`
+reports them: all of the bake, provisioning included; far steadier than wall times when the shared
+machine is loaded), peak resident memory of each (the largest process, as `time -v` reports it, and the
 whole process tree sampled every 10 ms: Packer runs its builder and provisioner as plugin processes),
 EC2 requests per bake, cislaves' start-up (spawn to its first log line), steps and exit (its
 "it: done" line to exit), the `tests` step alone (the minimal package set's checks), and `fab -l`.
@@ -65,6 +67,7 @@ class Run:
     rss: float  # the largest process
     tree_rss: float  # the process tree, sampled
     requests: int
+    cpu: float  # user + system seconds of the tool's processes (less disturbed by a loaded machine than wall)
     parts: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -200,7 +203,7 @@ class Bench:
         rss_file = self.tmp / "rss"
         # Through GNU time: a child forked from this big process inherits its peak until exec, so its
         # own getrusage figure would be ours; time's child is forked from time.
-        argv = ["/usr/bin/time", "-f", "%M", "-o", str(rss_file), *argv]
+        argv = ["/usr/bin/time", "-f", "%M %U %S", "-o", str(rss_file), *argv]
         started = time.monotonic()
         proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, bufsize=1)
@@ -214,8 +217,8 @@ class Bench:
         if proc.returncode != 0:
             text = "\n".join(line for _, line in lines[-60:])
             raise SystemExit(f"{tool} failed (exit {proc.returncode}):\n{text}")
-        peak = int(rss_file.read_text().split()[-1])  # KiB, the largest process of the tree
-        return Done(tool, lines, wall, peak / 1024, sampler.peak / 1024, requests)
+        peak, user, system = rss_file.read_text().split()[-3:]  # KiB (the largest process of the tree), s, s
+        return Done(tool, lines, wall, int(peak) / 1024, sampler.peak / 1024, requests, float(user) + float(system))
 
     def _remove_images(self) -> None:
         """Every run starts from the same moto state: no AMIs or snapshots of earlier runs."""
@@ -235,9 +238,10 @@ class Done:
     rss: float
     tree_rss: float
     requests: int
+    cpu: float
 
     def run(self, provisioning: float, parts: dict[str, float]) -> Run:
-        return Run(self.tool, self.wall, provisioning, self.rss, self.tree_rss, self.requests, parts)
+        return Run(self.tool, self.wall, provisioning, self.rss, self.tree_rss, self.requests, self.cpu, parts)
 
 
 class TreeSampler:
@@ -313,7 +317,7 @@ def fab_list_times(runs: int = 10) -> list[float]:
 def row(run: Run) -> str:
     parts = "  ".join(f"{k} {v:.2f}" for k, v in run.parts.items())
     return (f"{run.tool:<8} wall {run.wall:.2f}s  provisioning {run.provisioning:.2f}s  overhead {run.overhead:.2f}s  "
-            f"peak {run.rss:.0f} MiB (tree {run.tree_rss:.0f})  EC2 requests {run.requests}  [{parts}]")
+            f"cpu {run.cpu:.2f}s  peak {run.rss:.0f} MiB (tree {run.tree_rss:.0f})  EC2 requests {run.requests}  [{parts}]")
 
 
 def spread(values: list[float], unit: str = "s", digits: int = 2) -> str:
@@ -330,6 +334,7 @@ def report(runs: list[Run], fab_list: list[float]) -> None:
         print(f"  wall          {spread([r.wall for r in mine])}")
         print(f"  provisioning  {spread([r.provisioning for r in mine])}")
         print(f"  overhead      {spread([r.overhead for r in mine])}")
+        print(f"  cpu (all)     {spread([r.cpu for r in mine])}")
         print(f"  peak memory   {spread([r.rss for r in mine], ' MiB', 0)}; process tree "
               f"{spread([r.tree_rss for r in mine], ' MiB', 0)}")
         print(f"  EC2 requests  {statistics.median([r.requests for r in mine]):.0f}")
