@@ -24,12 +24,12 @@ _live_shown = False
 
 
 def duration(seconds: float) -> str:
-    """2m10s, 30m, 1h05m, 4s: short enough for a live line."""
+    """2m10s, 30m, 1h05m, 1h, 4s: short enough for a live line."""
     seconds = int(max(0, seconds))
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     if hours:
-        return f"{hours}h{minutes:02d}m"
+        return f"{hours}h{minutes:02d}m" if minutes else f"{hours}h"
     if minutes:
         return f"{minutes}m{secs:02d}s" if secs else f"{minutes}m"
     return f"{secs}s"

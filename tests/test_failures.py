@@ -68,7 +68,9 @@ def _remote_sleepers(env) -> subprocess.CompletedProcess:
 @pytest.mark.root
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_one_signal_stops_the_remote_command_and_kills_it_on_the_instance(machine, signum):
-    env, _, _ = machine
+    """SIGINT right after the slow step starts; SIGTERM after the step's 30 s heartbeat, which names
+    the script's latest output line in the log (stderr is no terminal here: no live line)."""
+    env, instance, _ = machine
 
     def restore_sigint():  # a shell's background job has SIGINT ignored; fab must see it as a user would
         signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -76,30 +78,39 @@ def test_one_signal_stops_the_remote_command_and_kills_it_on_the_instance(machin
     proc = subprocess.Popen([os.path.join(REPO, ".venv/bin/fab"), "bootstrap:cloud=local"], cwd=REPO,
                             env={**os.environ, **env}, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, preexec_fn=restore_sigint)
-    started = threading.Event()
+    started, heartbeat = threading.Event(), threading.Event()
     stdout: list[str] = []
+    stderr: list[str] = []
+    beat = f"INFO running extra script slow.sh on {instance['name']}, 30s of 1h, latest output: slow step: started"
 
-    def read():
-        for line in proc.stdout:
-            stdout.append(line)
-            if "slow step: started" in line:
-                started.set()
+    def read(stream, lines, marker, event):
+        for line in stream:
+            lines.append(line)
+            if marker in line:
+                event.set()
 
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    assert started.wait(300), "".join(stdout)[-3000:]
+    readers = [threading.Thread(target=read, args=(proc.stdout, stdout, "slow step: started", started), daemon=True),
+               threading.Thread(target=read, args=(proc.stderr, stderr, beat, heartbeat), daemon=True)]
+    for reader in readers:
+        reader.start()
+    assert started.wait(300), "".join(stdout)[-3000:] + "".join(stderr)[-3000:]
     assert _remote_sleepers(env).returncode == 0  # it does run there
+    if signum == signal.SIGTERM:
+        assert heartbeat.wait(60), "".join(stderr)[-3000:]
     proc.send_signal(signum)
     try:
-        stderr = proc.communicate(timeout=30)[1]  # far below the 97 s the script would still take
+        proc.wait(timeout=30)  # far below the 97 s the script would still take
     except subprocess.TimeoutExpired:
         proc.kill()
         raise AssertionError("fab did not stop on one signal")
-    reader.join(10)
-    assert proc.returncode == 130, stderr[-3000:]
+    for reader in readers:
+        reader.join(10)
+    text = "".join(stderr)
+    assert proc.returncode == 130, text[-3000:]
     assert "slow step: finished" not in "".join(stdout)
-    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "interrupted" in errors[0] and "Traceback" not in stderr, stderr[-3000:]
+    errors = [line for line in text.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "interrupted" in errors[0] and "Traceback" not in text, text[-3000:]
+    assert "\x1b[" not in text
     left = _remote_sleepers(env)
     assert left.returncode == 1, left.stdout  # pgrep: no such process on the instance
 
