@@ -53,8 +53,9 @@ class Tracker:
         self.live = live_allowed()
 
     def update(self, seen: Any, elapsed: float | None = None, text: str | None = None) -> None:
-        now = self.clock()
-        elapsed = now - self.started if elapsed is None else elapsed
+        if elapsed is None:
+            elapsed = self.clock() - self.started
+        now = self.started + elapsed  # the caller's reading of the same clock
         text = text or line(self.what, seen, elapsed, self.timeout)
         if now >= self.next_log:
             self.next_log = now + LOG_EVERY
