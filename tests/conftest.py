@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-pytest_plugins = ["tests.fixtures_local"]
+pytest_plugins = ["tests.fixtures_local", "tests.fixtures_ci"]
 
 # Subprocesses (`fab ...`) must use the same environment as the tests (the .venv of setup.sh).
 _bin = os.path.dirname(sys.executable)

@@ -12,8 +12,7 @@ from cislaves.ci.pool import Runner
 from cislaves.ci.settings import ci_settings, gerrit_settings, queue_path
 from cislaves.waiting import wait_for
 from tests.report.fakes import LogServer, RestGerrit, ReviewGerrit, SmtpServer
-from tests.runner.conftest import (baked_image, gerrit_key, make_config, no_leftovers,  # noqa: F401 (fixtures)
-                                   runner_data_dir)
+from tests.runner.conftest import make_config, no_leftovers  # noqa: F401 (fixtures)
 
 HTTP_PASSWORD = "rest-S3cret-7f2a9c"
 SMTP_PASSWORD = "smtp-S3cret-41be07"

@@ -8,57 +8,22 @@ from __future__ import annotations
 
 import logging
 import shutil
-from pathlib import Path
 
 import pytest
 import yaml
 
-from cislaves import bake, clouds
+from cislaves import clouds
 from cislaves import config as cfg
 from cislaves.ci import builds as store_mod
 from cislaves.ci.builds import BuildStore
 from cislaves.ci.dispatcher import Service
 from cislaves.ci.pool import Runner
 from cislaves.ci.settings import ci_settings, gerrit_settings, queue_path
-from cislaves.keys import generate_keypair
 from cislaves.waiting import wait_for
 from tests.fixtures_local import tool_leftovers
 from tests.runner.gitgerrit import GitGerrit
 
 log = logging.getLogger(__name__)
-
-
-@pytest.fixture(scope="session")
-def runner_data_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("runner-data")
-
-
-@pytest.fixture(scope="session")
-def baked_image(runner_data_dir, local_cache_dir, tmp_path_factory):
-    """The image every runner test boots: baked once with `it` (local cloud, minimal package set)."""
-    path = tmp_path_factory.mktemp("runner-bake") / "cislaves.yaml"
-    path.write_text(yaml.safe_dump({"data_dir": str(runner_data_dir), "provision": {"package_set": "minimal"},
-                                    "clouds": {"local": {"cache_dir": str(local_cache_dir)}}}))
-    config = cfg.load(path, environ={})
-    session = bake.Session(config, "local", "debian12", out=log.info)
-    try:
-        made = bake.it(session)
-    finally:
-        session.close()
-    yield made[0]
-    cloud = clouds.get("local", config)
-    try:
-        for instance in cloud.list_instances():
-            cloud.destroy(instance)
-        cloud.delete_image(made[0])
-    finally:
-        cloud.close()
-
-
-@pytest.fixture(scope="session")
-def gerrit_key(tmp_path_factory):
-    path = tmp_path_factory.mktemp("runner-key") / "id_ed25519"
-    return path, generate_keypair(path)
 
 
 @pytest.fixture
