@@ -41,7 +41,7 @@ def test_old_names_and_seed_variables_launch_with_the_existing_key_pair(where, k
     assert up.returncode == 0, up.stderr[-2000:]
     warnings = [line for line in up.stderr.splitlines() if "deprecated" in line]
     if where == "old setting names":
-        assert [w.split(" ", 1)[1] for w in warnings] == [
+        assert [w.split(" WARNING ", 1)[1] for w in warnings] == [
             f"{tmp_path}/cislaves.yaml: clouds.ec2.key_pair is deprecated: use clouds.ec2.ssh_key_pair",
             f"{tmp_path}/cislaves.yaml: clouds.ec2.key_filename is deprecated: use clouds.ec2.ssh_private_key_file"]
     else:
