@@ -5,7 +5,7 @@ leases a free host (see leases.py), `destroy` ends the lease, and the pipeline's
 run on it as on any cloud. A static host cannot be imaged, stopped or started; the capabilities say so
 and those methods raise NotSupported with the reason.
 
-This is the smallest driver and THE template for a new cloud (README "Adding a cloud"): a package
+This is the smallest driver and THE template for a new cloud (docs/development.md "Adding a cloud"): a package
 with settings.py (a pydantic model inheriting SSHSettings), driver.py (a Cloud subclass declaring
 its capabilities and implementing every method of clouds/base.py, even if only to refuse), and the
 helpers that talk to the provider (here leases.py); one line in cislaves/clouds/__init__.py; and
