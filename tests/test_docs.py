@@ -278,3 +278,22 @@ def options(program: str, task: str) -> set[str]:
 
 def option_is_flag(program: str, task: str, option: str) -> bool:
     return not re.search(rf"{re.escape(option)}[= ][A-Z]", task_help(program, task))
+
+
+def test_every_relative_link_reaches_a_file_and_heading():
+    """The README's links into docs/ (and any between pages) survive moves and renames."""
+    def anchors(path: Path) -> set[str]:
+        return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+                for h in re.findall(r"^#+ (.*)$", path.read_text(), re.M)}
+
+    links = 0
+    for doc in DOCS:
+        for target in re.findall(r"\]\(([^)\s]+)\)", doc.read_text()):
+            if re.match(r"^[a-z]+://|^mailto:", target):
+                continue
+            path, _, anchor = target.partition("#")
+            where = (doc.parent / path).resolve() if path else doc
+            assert where.is_file(), f"{doc.name}: link {target} reaches nothing"
+            assert not anchor or anchor in anchors(where), f"{doc.name}: link {target}: no such heading"
+            links += 1
+    assert links >= 10
