@@ -29,6 +29,7 @@ packages=(
   openssh-server      # the private sshd of the log-publishing tests (rsync over SSH)
   chromium            # headless checks of the CI's log pages
   shellcheck          # the provisioning scripts' lint (tests)
+  zookeeper default-jre-headless  # a real ZooKeeper for the scale-out tests (tests/coord)
   python3 python3-venv
 )
 missing=()

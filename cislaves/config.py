@@ -77,6 +77,7 @@ class TopLevel(Strict):
     gerrit: dict[str, Any] = Field(default_factory=dict)
     ci: dict[str, Any] = Field(default_factory=dict)
     rebake: dict[str, Any] = Field(default_factory=dict)  # cislaves.lifecycle.settings validates it
+    zookeeper: dict[str, Any] = Field(default_factory=dict)  # cislaves.coord.settings validates it
 
 
 def describe_validation(error: ValidationError, where: str, prefix: str = "") -> str:

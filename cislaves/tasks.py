@@ -30,7 +30,7 @@ VERBOSITY = {"--verbose": 1, "-v": 1, "--quiet": -1, "-q": -1}  # global flags, 
 _verbosity = [0]
 
 __all__ = ["help", "it", "up", "bootstrap", "tests", "create_image", "destroy", "down", "status", "ssh",
-           "images", "cleanup", "validate", "rebake", "prune", "image_diff", "delete_image", "listen",
+           "images", "cleanup", "validate", "rebake", "prune", "image_diff", "delete_image", "listen", "worker",
            "jobs", "enqueue", "cancel", "logs"]
 
 
@@ -335,6 +335,16 @@ def listen(c):
 
     with _one_line_errors():
         ci_cli.listen(_config())
+
+
+@task(help={"concurrency": "builds run at once (default 1)",
+            "clouds": "the clouds this host can drive, joined with , or + (default: every cloud)"})
+def worker(c, concurrency=1, clouds=None):
+    """Runs CI builds from ZooKeeper (ci.backend: zookeeper) until SIGINT/SIGTERM."""
+    from cislaves.coord import cli as coord_cli
+
+    with _one_line_errors():
+        coord_cli.worker(_config(), concurrency=concurrency, clouds=clouds)
 
 
 @task(help={"limit": "how many jobs to show, newest first (default 200)"})

@@ -34,6 +34,10 @@ def listen(config: Config, work: Work | None = None) -> None:
     """
     gerrit, ci = gerrit_settings(config), ci_settings(config)
     path = queue_path(config, ci)
+    if work is None and _zookeeper(config, ci):  # elected leader, builds into ZooKeeper's queue
+        from cislaves.coord import election
+
+        return election.listen(config, gerrit, ci, path, _exclusive)
     runner = None
     if work is None and ci.jobs:  # the job runner (CI part 2); settings checked before anything starts
         from cislaves.ci import jobsettings, pool
@@ -74,6 +78,10 @@ def listen(config: Config, work: Work | None = None) -> None:
 def jobs(config: Config, limit: int = 200) -> list[str]:
     """The queue as printable lines: id, state, change, patch set, project, trigger, age; newest first."""
     path = queue_path(config, ci_settings(config))
+    if _zookeeper(config, ci_settings(config)):
+        from cislaves.coord import cli as coord_cli
+
+        return coord_cli.jobs(config, limit)
     if not path.exists():
         return [f"no jobs (no queue at {path})"]
     db = JobQueue(path)
@@ -98,6 +106,15 @@ def jobs(config: Config, limit: int = 200) -> list[str]:
 
     lines += [printable(line) for line in report.unreported(config)]
     return lines
+
+
+def _zookeeper(config: Config, ci) -> bool:
+    """ci.backend: zookeeper (checked: it needs the zookeeper section)."""
+    if ci.backend == "local":
+        return False
+    from cislaves.coord.settings import uses_zookeeper
+
+    return uses_zookeeper(config, ci)
 
 
 def printable(text: str) -> str:

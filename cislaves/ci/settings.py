@@ -94,6 +94,7 @@ class CISettings(Strict):
 
     name: str = Field("cislaves", pattern=r"^[A-Za-z0-9_.-]{1,60}$")
     workers: int = Field(2, ge=1, le=256)
+    backend: Literal["local", "zookeeper"] = "local"  # zookeeper: builds run by `fab worker` (cislaves.coord)
     triggers: list[Trigger] = Field(default_factory=lambda: [Trigger()])
     stop_grace: float = Field(10, ge=0)  # seconds `listen` waits for running jobs on SIGINT/SIGTERM
     queue: Path | None = None  # default: <data_dir>/ci/queue.sqlite

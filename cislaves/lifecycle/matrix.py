@@ -84,13 +84,18 @@ def rebake(config, only: str | None = None, dry_run: bool = False,
             publish.check_git(publish_file, _branch(git.branch))
     rebake_id = new_run_id()
     log_dir = config.relative(settings.log_dir) if settings.log_dir else config.data_dir / "rebakes"
-    with _lock(config.data_dir), _log_file(log_dir / f"{rebake_id}.log") as log_path:
+    with _rebake_lock(config), _log_file(log_dir / f"{rebake_id}.log") as log_path:
         started = time.monotonic()
         say = _teller(out, log_path)
         say(f"rebake {rebake_id}: {len(targets)} target{'s' if len(targets) != 1 else ''} "
             f"({', '.join(t.key for t in targets)}), parallel {settings.parallel}"
             + (", dry run" if dry_run else ""))
-        results = run_targets(targets, sessions, settings, say)
+        remote = _remote(config, rebake_id)  # ci.backend zookeeper: the workers bake the targets
+        try:
+            results = run_targets(targets, sessions, settings, say, bake=remote or bake_one)
+        finally:
+            if remote is not None:
+                remote.close()
         ok = [r for r in results if r.status == "ok"]
         summary = summary_lines(results)
         for line in summary:
@@ -122,8 +127,10 @@ def rebake(config, only: str | None = None, dry_run: bool = False,
     return 0 if len(ok) == len(results) else 1
 
 
-def run_targets(targets, sessions, settings, say) -> list[Result]:
-    """Bake the targets in threads, at most `parallel` at once and `per_cloud[cloud]` per cloud."""
+def run_targets(targets, sessions, settings, say, bake=None) -> list[Result]:
+    """Bake the targets in threads, at most `parallel` at once and `per_cloud[cloud]` per cloud
+    (`bake`: bake_one, or cislaves.coord.rebakes.Remote handing each target to a worker)."""
+    bake = bake or bake_one
     results = [Result(t) for t in targets]
     pending = list(results)
     running: dict[str, int] = {}
@@ -133,7 +140,7 @@ def run_targets(targets, sessions, settings, say) -> list[Result]:
 
     def worker(result: Result):
         try:
-            bake_one(result, sessions[result.target.key], settings, say, stop)
+            bake(result, sessions[result.target.key], settings, say, stop)
         finally:
             with done:
                 running[result.target.cloud] -= 1
@@ -335,6 +342,23 @@ def _lock(data_dir: Path):
             yield
         finally:
             fh.truncate(0)
+
+
+def _remote(config, rebake_id: str):
+    if not config.raw.get("zookeeper"):
+        return None
+    from cislaves.coord import rebakes, settings as zk_settings
+
+    return rebakes.Remote(config, rebake_id) if zk_settings.uses_zookeeper(config) else None
+
+
+def _rebake_lock(config):
+    """With a zookeeper section, one rebake across every host (a ZooKeeper lock); else per data dir."""
+    if config.raw.get("zookeeper"):
+        from cislaves.coord import locks
+
+        return locks.held(config, "rebake")
+    return _lock(config.data_dir)
 
 
 @contextlib.contextmanager

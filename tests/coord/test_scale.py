@@ -1,0 +1,80 @@
+"""Scale-out end to end on a real ZooKeeper: `fab listen` processes (one leader) and `fab worker`
+processes running real builds (the CI runner, local cloud, the session's image, the fake Gerrit's git)."""
+from __future__ import annotations
+
+import collections
+import json
+import signal
+
+import pytest
+from kazoo.exceptions import NoNodeError
+
+from cislaves.waiting import wait_for
+from tests.coord.helpers import Processes, children, values, zk_config
+from tests.fixtures_local import tool_leftovers
+from tests.runner.conftest import have_git, running_instances
+
+pytestmark = pytest.mark.skipif(not have_git(), reason="git is needed for the fake Gerrit's repositories")
+
+
+@pytest.fixture
+def procs(tmp_path):
+    p = Processes(tmp_path)
+    yield p
+    p.stop_all()
+
+
+def test_thirty_builds_on_three_workers_survive_a_killed_worker_and_a_zookeeper_restart(
+        make_config, gerrit, zookeeper, zk, procs, tmp_path, runner_data_dir):
+    config = make_config([{"name": "unit", "body": "echo running $GERRIT_CHANGE_NUMBER\nsleep 1\n"}],
+                         ci={"report": False})
+    root = "/scale"
+    listener = zk_config(config, zookeeper, tmp_path, "listener", root)
+    procs.start("listener", listener, "listen")
+    wait_for(lambda: children(zk, f"{root}/listener/election") or None, "the listener to stand for election", 60)
+    workers = [procs.start(f"worker{i}", zk_config(config, zookeeper, tmp_path, "workers", root),
+                           "worker:concurrency=2,clouds=local") for i in range(3)]
+    wait_for(lambda: gerrit.stream_connections >= 1 or None, "the leader to follow the stream", 60)
+    changes = list(range(300, 330))
+    for change in changes:
+        gerrit.upload_commit(change, {"a.py": f"x = {change}\n"})
+
+    def running_on(pid):
+        out = {}
+        for name in children(zk, f"{root}/locks"):
+            try:
+                data = json.loads(zk.get(f"{root}/locks/{name}")[0])
+            except NoNodeError:
+                continue
+            if data.get("pid") == pid and data.get("build_id"):
+                out[name] = data["build_id"]
+        return out
+
+    victim = workers[0]
+    killed = wait_for(lambda: running_on(victim.pid) or None, "a build running on worker0", 120,
+                      first_delay=0.05, max_delay=0.1)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(30)
+    zookeeper.restart()  # mid-run, with builds running and queued
+
+    def done():
+        results = values(zk, f"{root}/results")
+        return results if len(results) >= len(changes) else None
+
+    results = wait_for(done, f"{len(changes)} results", 240, first_delay=0.2, max_delay=1,
+                       describe=lambda: f"{len(children(zk, root + '/results'))} results, queue "
+                                        f"{len(children(zk, root + '/queue'))}; " + procs.log("worker1")[-1500:])
+    per_change = collections.Counter(r["job"]["change"] for r in results)
+    assert per_change == {c: 1 for c in changes}
+    assert {r["result"] for r in results} == {"SUCCESS"}, [r for r in results if r["result"] != "SUCCESS"]
+    assert children(zk, f"{root}/queue") == [] and children(zk, f"{root}/locks") == []
+    # the killed worker's builds ran again elsewhere, after their instances were found by tag and removed
+    for name, build_id in killed.items():
+        attempts = json.loads(zk.get(f"{root}/attempts/{name}")[0])
+        result = json.loads(zk.get(f"{root}/results/{name}")[0])
+        assert attempts[0] == build_id and len(attempts) == 2, attempts
+        assert result["build_id"] == attempts[1] and result["pid"] != victim.pid
+    assert "removed instance" in procs.log("worker1") + procs.log("worker2")
+    procs.stop_all()
+    assert running_instances(config) == []
+    assert tool_leftovers(runner_data_dir) == []
