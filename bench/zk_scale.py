@@ -96,6 +96,8 @@ def main() -> int:
         wait_for(lambda: len(children(zk, "/bench/listener/election")) == 2 or None, "two contenders", 60)
         for i in range(args.workers):
             procs.start(f"w{i}", write("workers"), "worker:concurrency=1,clouds=static")
+        wait_for(lambda: all(", concurrency 1, clouds static" in procs.log(f"w{i}") for i in range(args.workers))
+                 or None, "every worker to be connected and taking builds", 120)
         began = time.monotonic()
         for n in range(args.builds):
             gerrit.upload_commit(1000 + n, {"f.txt": str(n)})

@@ -1,7 +1,9 @@
 """The build queue in ZooKeeper, its locks, results and states (what every host reads).
 
-<root>/queue/<item>     a build to run: JSON {key, name, voting, cloud, job, enqueued}; the item's
-                        name is a digest of the event's identity and the job name
+<root>/queue/<cloud>~<item>~<sequence>
+                        a build to run: JSON {key, name, voting, cloud, job, enqueued}; <item> is
+                        a digest of the event's identity and the job name; the name alone says
+                        the cloud and the order, so a worker reads only the item it locked
 <root>/seen/<item>      created with the queue item in one transaction: the same build is never
                         queued twice, whichever listener (leader) sees the event again
 <root>/locks/<item>     EPHEMERAL, created by the worker running it ({worker, host, build_id,
@@ -32,9 +34,10 @@ def item_name(key: str, name: str) -> str:
 
 @dataclass
 class Item:
-    name: str
+    name: str  # the digest: locks/, attempts/ and results/ are named by it
     data: dict[str, Any]
     attempts: list[str] = field(default_factory=list)  # earlier attempts' build ids
+    child: str = ""  # its node's name in queue/
 
 
 class BuildQueue:
@@ -44,7 +47,6 @@ class BuildQueue:
         self.zk, self.root = zk, root.rstrip("/")
         for kind in KINDS:
             zk.ensure_path(self._path(kind))
-        self._cache: dict[str, tuple[int, dict]] = {}  # item -> (czxid, data): items never change
 
     def _path(self, kind: str, name: str | None = None) -> str:
         return f"{self.root}/{kind}" + (f"/{name}" if name else "")
@@ -57,7 +59,7 @@ class BuildQueue:
                           separators=(",", ":")).encode()
         tx = self.zk.transaction()
         tx.create(self._path("seen", item), b"")
-        tx.create(self._path("queue", item), body)
+        tx.create(self._path("queue", f"{data.get('cloud') or '-'}~{item}~"), body, sequence=True)
         results = tx.commit()
         if any(isinstance(r, NodeExistsError) for r in results):
             return False
@@ -70,37 +72,30 @@ class BuildQueue:
     def take(self, clouds: set[str] | None, worker: dict[str, Any], watch=None) -> Item | None:
         """Lock the oldest queued build for one of `clouds` (None: any); None when there is none.
         `watch` is called once when the queue's children change (kazoo's one-shot watch)."""
-        names = self.zk.get_children(self._path("queue"), watch=watch)
         entries = []
-        for name in names:
-            known = self._cache.get(name)
-            if known is None:
-                try:
-                    raw, stat = self.zk.get(self._path("queue", name))
-                except NoNodeError:
-                    continue
-                known = self._cache[name] = (stat.czxid, json.loads(raw))
-            entries.append((known[0], name, known[1]))
-        for stale in set(self._cache) - set(names):
-            del self._cache[stale]
-        for _, name, data in sorted(entries, key=lambda e: e[0]):
-            if clouds is not None and data.get("cloud") not in clouds:
-                continue
+        for child in self.zk.get_children(self._path("queue"), watch=watch):
+            cloud, _, rest = child.partition("~")
+            name, _, sequence = rest.partition("~")
+            if clouds is None or cloud in clouds:
+                entries.append((sequence, name, child))
+        for _, name, child in sorted(entries):
             try:
                 self.zk.create(self._path("locks", name), json.dumps(worker).encode(), ephemeral=True)
             except NodeExistsError:
                 continue  # another worker runs it
             if self.zk.exists(self._path("results", name)):  # its worker died between result and removal
-                self._remove(name)
+                self._remove(name, child)
                 continue
-            if not self.zk.exists(self._path("queue", name)):
+            try:
+                data = json.loads(self.zk.get(self._path("queue", child))[0])
+            except NoNodeError:  # finished and removed since the listing
                 self.zk.delete(self._path("locks", name))
                 continue
             try:
                 attempts = json.loads(self.zk.get(self._path("attempts", name))[0])
             except NoNodeError:
                 attempts = []
-            return Item(name, data, attempts)
+            return Item(name, data, attempts, child)
         return None
 
     def started(self, item: Item, build_id: str, worker: dict[str, Any]) -> None:
@@ -128,7 +123,7 @@ class BuildQueue:
                            "stored": time.time()}, separators=(",", ":")).encode()
         tx = self.zk.transaction()
         tx.create(self._path("results", item.name), body)
-        tx.delete(self._path("queue", item.name))
+        tx.delete(self._path("queue", item.child))
         tx.delete(self._path("locks", item.name))
         outcome = tx.commit()
         failed = [r for r in outcome if isinstance(r, Exception)]
@@ -141,9 +136,9 @@ class BuildQueue:
         if self.holds(item):
             self.zk.delete(self._path("locks", item.name))
 
-    def _remove(self, name: str) -> None:
+    def _remove(self, name: str, child: str) -> None:
         tx = self.zk.transaction()
-        tx.delete(self._path("queue", name))
+        tx.delete(self._path("queue", child))
         tx.delete(self._path("locks", name))
         tx.commit()
 
@@ -151,13 +146,13 @@ class BuildQueue:
     def listing(self) -> tuple[list[dict], list[dict]]:
         """(queued or running items with their lock's data, results), oldest first."""
         pending, done = [], []
-        for name in self.zk.get_children(self._path("queue")):
+        for child in self.zk.get_children(self._path("queue")):
             try:
-                data = json.loads(self.zk.get(self._path("queue", name))[0])
+                data = json.loads(self.zk.get(self._path("queue", child))[0])
             except NoNodeError:
                 continue
             try:
-                data["running"] = json.loads(self.zk.get(self._path("locks", name))[0])
+                data["running"] = json.loads(self.zk.get(self._path("locks", child.split("~")[1]))[0])
             except NoNodeError:
                 pass
             pending.append(data)

@@ -57,6 +57,7 @@ class Worker:
 
         for line in pool.reap(self.config):  # what a killed worker on this host's data dir left
             log.info("recovered: %s", line)
+        self._warm_up()
         self.zk = connect(self.settings)
         self.connected.set()
         self.zk.add_listener(self._on_state)
@@ -100,6 +101,17 @@ class Worker:
             self._closing = True  # the LOST that stop() reports is no expiry
             self.zk.stop()
             self.zk.close()
+
+    def _warm_up(self) -> None:
+        """Load the drivers of the clouds this worker drives now, not in its first build's time."""
+        from cislaves import remote  # noqa: F401 (paramiko: every build's SSH)
+
+        names = self.clouds or {j.cloud or self.config.defaults.cloud for j in self.ci.jobs}
+        for name in sorted(names):
+            try:
+                clouds_mod.get(name, self.config).close()
+            except Exception as exc:  # a cloud without credentials here: its builds say so
+                log.warning("worker: cloud %s: %s", name, exc)
 
     # -- kazoo callbacks (its event thread: no blocking calls)
     def _on_state(self, state) -> None:

@@ -10,6 +10,7 @@ import pytest
 from kazoo.exceptions import NoNodeError
 
 from cislaves.waiting import wait_for
+from tests.cli import fab
 from tests.coord.helpers import Processes, children, values, zk_config
 from tests.fixtures_local import tool_leftovers
 from tests.runner.conftest import have_git, running_instances
@@ -75,6 +76,11 @@ def test_thirty_builds_on_three_workers_survive_a_killed_worker_and_a_zookeeper_
         assert attempts[0] == build_id and len(attempts) == 2, attempts
         assert result["build_id"] == attempts[1] and result["pid"] != victim.pid
     assert "removed instance" in procs.log("worker1") + procs.log("worker2")
+    # `fab jobs` on any host with the configuration shows every build from ZooKeeper
+    shown = fab("jobs", env={"CISLAVES_CONFIG": str(tmp_path / "workers.yaml")}, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    assert f"0 queued or running, {len(changes)} finished" in shown.stdout, shown.stdout
+    assert sum(" finished  SUCCESS " in line for line in shown.stdout.splitlines()) == len(changes)
     procs.stop_all()
     assert running_instances(config) == []
     assert tool_leftovers(runner_data_dir) == []
