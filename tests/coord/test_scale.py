@@ -76,6 +76,10 @@ def test_thirty_builds_on_three_workers_survive_a_killed_worker_and_a_zookeeper_
         assert attempts[0] == build_id and len(attempts) == 2, attempts
         assert result["build_id"] == attempts[1] and result["pid"] != victim.pid
     assert "removed instance" in procs.log("worker1") + procs.log("worker2")
+    # the ZooKeeper restart stopped the leader's following; it followed again once leader again
+    assert "no longer leader (ZooKeeper connection lost)" in procs.log("listener")
+    wait_for(lambda: procs.log("listener").count("leader; resuming") >= 2 or None,
+             "the listener to lead again after the restart", 60)
     # `fab jobs` on any host with the configuration shows every build from ZooKeeper
     shown = fab("jobs", env={"CISLAVES_CONFIG": str(tmp_path / "workers.yaml")}, timeout=120)
     assert shown.returncode == 0, shown.stderr
