@@ -337,12 +337,12 @@ def listen(c):
 
 @task(help={"concurrency": "builds run at once (default 1)",
             "clouds": "the clouds this host can drive, joined with , or + (default: every cloud)"})
-def worker(c, concurrency=1, clouds=None):
+def worker(c, concurrency=None, clouds=None):  # concurrency checked by coord.cli (one line)
     """Runs CI builds from ZooKeeper (ci.backend: zookeeper) until SIGINT/SIGTERM."""
     from cislaves.coord import cli as coord_cli
 
     with _one_line_errors():
-        coord_cli.worker(_config(), concurrency=concurrency, clouds=clouds)
+        coord_cli.worker(_config(), concurrency=1 if concurrency is None else concurrency, clouds=clouds)
 
 
 @task(help={"limit": "how many jobs to show, newest first (default 200)"})

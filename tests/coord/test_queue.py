@@ -126,3 +126,19 @@ def test_settings(tmp_path, zookeeper):
 
     with pytest.raises(ConfigError, match="zookeeper.hosts"):
         zookeeper_settings(cfg.load(plain, environ={}))
+
+
+def test_worker_bad_input_is_one_line(tmp_path):
+    from tests.cli import cislaves, fab
+
+    path = tmp_path / "cislaves.yaml"
+    path.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "data")}))
+    env = {"CISLAVES_CONFIG": str(path)}
+    for result in (fab("worker:concurrency=x", env=env, timeout=60),
+                   cislaves("worker", "--concurrency", "0", env=env, timeout=60)):
+        assert result.returncode == 2
+        assert result.stderr.strip().splitlines() == [
+            f"error: argument 'concurrency': expected a whole number >= 1, got {result.args[-1][-1]!r}"]
+    result = fab("worker", env=env, timeout=60)
+    assert result.returncode == 2 and "worker needs a zookeeper section" in result.stderr
+    assert "Traceback" not in result.stderr
