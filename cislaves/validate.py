@@ -38,6 +38,8 @@ def run(config, out: Callable[[str], None] = print) -> list[str]:
         part("ci", lambda: _ci(config))
     if config.raw.get("rebake"):
         part("rebake", lambda: _rebake(config))
+    if config.raw.get("zookeeper"):
+        part("zookeeper", lambda: _zookeeper(config))
     return problems
 
 
@@ -103,6 +105,13 @@ def _ci(config) -> str:
     ci = ci_settings(config)
     plans = jobsettings.check(config, ci)  # asks each job's cloud for its image: reading, never creating
     return f"{len(ci.triggers)} trigger(s), {len(plans)} job(s)"
+
+
+def _zookeeper(config) -> str:
+    from cislaves.coord.settings import zookeeper_settings  # kazoo is imported only to connect
+
+    settings = zookeeper_settings(config)
+    return f"{settings.hosts}, root {settings.root}"
 
 
 def _rebake(config) -> str:

@@ -410,6 +410,7 @@ def test_validate_checks_every_section_and_creates_nothing(run, tmp_path):
         "ci": {"triggers": [{"name": "check"}]},
         "rebake": {"targets": [{"cloud": "local", "distribution": "debian12"},
                                {"cloud": "ec2", "distribution": "centos7", "region": "eu-west-1"}]},
+        "zookeeper": {"hosts": "zk1:2181,zk2:2181"},
     }
     path = tmp_path / "cislaves.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -419,7 +420,8 @@ def test_validate_checks_every_section_and_creates_nothing(run, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     for part in ["data directory", "defaults (cloud ec2, distribution centos7)", "clouds.ec2 (credentials: env)",
                  "clouds.gce (credentials: ", "clouds.local", "clouds.openstack (credentials: Password)",
-                 "gerrit (ci@127.0.0.1)", "ci (1 trigger(s), 0 job(s))", "rebake (2 target(s))"]:
+                 "gerrit (ci@127.0.0.1)", "ci (1 trigger(s), 0 job(s))", "rebake (2 target(s))",
+                 "zookeeper (zk1:2181,zk2:2181, root /cislaves)"]:
         assert f"ok: {part}" in result.stdout, (part, result.stdout)
     assert "secret-not-shown" not in result.stdout + result.stderr and "also-not" not in result.stdout + result.stderr
     assert not (tmp_path / "data").exists()  # nothing created, not even the data directory
@@ -434,6 +436,7 @@ def test_validate_lists_every_problem_in_one_line_each_and_exits_2(run, tmp_path
         "gerrit": {"user": "ci"},
         "ci": {"triggers": [{"name": "check"}], "jobs": [{"name": "unit", "run": "missing.sh"}]},
         "rebake": {"targets": [{"cloud": "ec3", "distribution": "centos7"}]},
+        "zookeeper": {"hosts": "zk1:2181", "session_timeout": 0},
     }
     path = tmp_path / "cislaves.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -445,7 +448,8 @@ def test_validate_lists_every_problem_in_one_line_each_and_exits_2(run, tmp_path
     expected = ["clouds.ec2: no AWS credentials found", "clouds.local.bogus: unknown key",
                 "clouds.openstack.auth_url: not set", "missing.json: cannot read",
                 "gerrit.host: required to talk to Gerrit",
-                "ci.jobs[0] (unit): run: script", "rebake.targets.0: Value error, unknown cloud 'ec3'"]
+                "ci.jobs[0] (unit): run: script", "rebake.targets.0: Value error, unknown cloud 'ec3'",
+                "zookeeper.session_timeout: Input should be greater than 0"]
     for text in expected:
         assert sum(text in line for line in errors) == 1, (text, errors)
     assert len(errors) == len(expected), errors
