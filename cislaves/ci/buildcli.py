@@ -40,6 +40,13 @@ def cancel(config, job: int | str) -> str:
     """Abort queued job N: cancel it if it waits, stop its builds if they run; one line saying which."""
     job_id = _job_id(job)
     ci = ci_settings(config)
+    if ci.backend != "local":
+        from cislaves.coord.settings import uses_zookeeper
+
+        if uses_zookeeper(config, ci):  # the builds run on workers: cancel them through ZooKeeper
+            from cislaves.coord import cli as coord_cli
+
+            return coord_cli.cancel(config, job_id)
     path = queue_path(config, ci)
     if not path.exists():
         raise ConfigError(f"job {job_id}: no queue at {path}")

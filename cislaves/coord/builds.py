@@ -11,6 +11,15 @@
 <root>/attempts/<item>  the build ids of every attempt (to find a dead worker's instances by tag)
 <root>/results/<item>   the result, written before the queue item and the lock are removed (in one
                         transaction): an item with a result is never run again
+<root>/buildsets/<set>  the job names of one event's buildset ({key, names}), written by the leader
+                        before its items; every result's transaction bumps its version (checked), so
+                        two workers storing a buildset's last two results are serialized
+<root>/cancels/<set>    a buildset cancelled (`fab cancel`, or superseded by a newer patch set):
+                        {reason}; its queued items get an ABORTED result, workers abort the running
+                        ones (a ChildrenWatch: within their stop check's 0.25 s) and store ABORTED
+<root>/reports/<set>    created in the transaction that stores a buildset's last result: its one
+                        report is owed ({state: owed|reported|silent|skipped|failed, attempts,
+                        next_try, error}); the leader's reporter (cislaves.coord.reports) sends it
 """
 from __future__ import annotations
 
@@ -22,14 +31,18 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from kazoo.exceptions import NodeExistsError, NoNodeError
+from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 
 log = logging.getLogger(__name__)
-KINDS = ("queue", "seen", "locks", "attempts", "results")
+KINDS = ("queue", "seen", "locks", "attempts", "results", "buildsets", "reports", "cancels")
 
 
 def item_name(key: str, name: str) -> str:
     return hashlib.sha1(f"{key}\0{name}".encode()).hexdigest()[:24]
+
+
+def buildset_name(key: str) -> str:
+    return hashlib.sha1(f"{key}\0".encode()).hexdigest()[:24]
 
 
 @dataclass
@@ -52,6 +65,14 @@ class BuildQueue:
         return f"{self.root}/{kind}" + (f"/{name}" if name else "")
 
     # -- the leader
+    def declare(self, key: str, names: list[str]) -> None:
+        """Record a buildset's job names (once; before its items, so a worker always finds it)."""
+        body = json.dumps({"key": key, "names": sorted(names)}).encode()
+        try:
+            self.zk.create(self._path("buildsets", buildset_name(key)), body)
+        except NodeExistsError:
+            pass
+
     def submit(self, key: str, name: str, data: dict[str, Any]) -> bool:
         """Queue a build once: False when this (event, job) was queued before, by any leader."""
         item = item_name(key, name)
@@ -95,8 +116,71 @@ class BuildQueue:
                 attempts = json.loads(self.zk.get(self._path("attempts", name))[0])
             except NoNodeError:
                 attempts = []
-            return Item(name, data, attempts, child)
+            item = Item(name, data, attempts, child)
+            reason = self.cancelled(data.get("key") or "")
+            if reason:  # cancelled while it waited: never started
+                self.finish(item, {"result": "ABORTED", "detail": reason, "rerun": False})
+                continue
+            return item
         return None
+
+    def cancelled(self, key: str) -> str | None:
+        """The reason a buildset was cancelled, or None."""
+        try:
+            return json.loads(self.zk.get(self._path("cancels", buildset_name(key)))[0])["reason"]
+        except NoNodeError:
+            return None
+
+    def cancel(self, key: str, reason: str) -> tuple[int, int]:
+        """Cancel a buildset: its queued items end ABORTED here; its running ones are aborted by their
+        workers (which watch cancels/). (queued items ended, running items asked to stop)."""
+        try:
+            self.zk.create(self._path("cancels", buildset_name(key)), json.dumps({"reason": reason}).encode())
+        except NodeExistsError:
+            pass
+        me = {"worker": "cancel", **worker_identity("cancel")}
+        ended = running = 0
+        for child in self.zk.get_children(self._path("queue")):
+            name = child.split("~")[1]
+            try:
+                data = json.loads(self.zk.get(self._path("queue", child))[0])
+            except NoNodeError:
+                continue
+            if data.get("key") != key:
+                continue
+            try:
+                self.zk.create(self._path("locks", name), json.dumps(me).encode(), ephemeral=True)
+            except NodeExistsError:
+                running += 1
+                continue
+            if self.zk.exists(self._path("results", name)):
+                self._remove(name, child)
+                continue
+            self.finish(Item(name, data, [], child), {"result": "ABORTED", "detail": reason, "rerun": False})
+            ended += 1
+        return ended, running
+
+    def older_patch_sets(self, change: int, patchset: int) -> set[str]:
+        """Keys of queued or running non-manual buildsets of `change` at an older patch set."""
+        keys = set()
+        for data in self._queued():
+            job = data.get("job") or {}
+            if (job.get("change") == change and (job.get("patchset") or 0) < patchset
+                    and job.get("event_type") != "manual"):
+                keys.add(data.get("key"))
+        return keys
+
+    def find_job(self, job_id: int) -> set[str]:
+        """Keys of queued or running buildsets whose listener job id is `job_id`."""
+        return {data.get("key") for data in self._queued() if (data.get("job") or {}).get("id") == job_id}
+
+    def _queued(self):
+        """Every queued or running item's data (read one by one: a cancel's look, not the hot path)."""
+        for child in self.zk.get_children(self._path("queue")):
+            try:
+                yield json.loads(self.zk.get(self._path("queue", child))[0])
+            except NoNodeError:
+                continue
 
     def started(self, item: Item, build_id: str, worker: dict[str, Any]) -> None:
         """Record the attempt (before anything is booted) and the running state in the lock."""
@@ -121,15 +205,37 @@ class BuildQueue:
         body = json.dumps({**result, "name": item.data.get("name"), "key": item.data.get("key"),
                            "job": item.data.get("job"), "enqueued": item.data.get("enqueued"),
                            "stored": time.time()}, separators=(",", ":")).encode()
-        tx = self.zk.transaction()
-        tx.create(self._path("results", item.name), body)
-        tx.delete(self._path("queue", item.child))
-        tx.delete(self._path("locks", item.name))
-        outcome = tx.commit()
-        failed = [r for r in outcome if isinstance(r, Exception)]
-        if failed:
-            raise failed[0]
-        return True
+        key = item.data.get("key") or ""
+        bs_path = self._path("buildsets", buildset_name(key))
+        while True:
+            try:
+                raw, stat = self.zk.get(bs_path)
+                names = json.loads(raw).get("names", [])
+            except NoNodeError:  # submitted before buildsets existed: no report is claimed
+                raw, stat, names = None, None, []
+            last = stat is not None and all(
+                self.zk.exists(self._path("results", item_name(key, n))) for n in names
+                if n != item.data.get("name"))
+            tx = self.zk.transaction()
+            tx.create(self._path("results", item.name), body)
+            tx.delete(self._path("queue", item.child))
+            tx.delete(self._path("locks", item.name))
+            if stat is not None:
+                tx.set_data(bs_path, raw, version=stat.version)
+            if last:
+                now = time.time()
+                tx.create(self._path("reports", buildset_name(key)),
+                          json.dumps({"key": key, "state": "owed", "attempts": 0, "next_try": now,
+                                      "created": now}).encode())
+            outcome = tx.commit()
+            if any(isinstance(r, BadVersionError) for r in outcome):
+                continue  # another result of this buildset was stored meanwhile: look again
+            failed = [r for r in outcome if isinstance(r, Exception)]
+            if failed:
+                raise failed[0]
+            if last:
+                log.info("buildset %s: last result stored; its report is owed", buildset_name(key))
+            return True
 
     def release(self, item: Item) -> None:
         """Give the item back without a result (a worker stopping: it runs again elsewhere)."""

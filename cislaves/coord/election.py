@@ -24,6 +24,7 @@ from cislaves.ci import jobsettings
 from cislaves.ci.dispatcher import Service
 from cislaves.ci.queue import JobQueue
 from cislaves.coord.builds import BuildQueue
+from cislaves.coord.reports import ZKReporter
 from cislaves.coord.settings import connect, zookeeper_settings
 from cislaves.errors import Interrupted
 
@@ -44,6 +45,12 @@ class Submitter:
         if not wanted:
             return "succeeded", f"no job in ci.jobs runs for trigger {job.trigger}"
         new = 0
+        if job.event_type != "manual":  # a newer patch set supersedes the older ones' builds
+            def supersede():
+                for key in self.queue.older_patch_sets(job.change, job.patchset):
+                    self.queue.cancel(key, f"superseded by patch set {job.patchset}")
+            self._retry(supersede, job, stopping)
+        self._retry(lambda: self.queue.declare(job.key, [spec.name for spec in wanted]), job, stopping)
         for spec in wanted:
             data = {"voting": spec.voting, "cloud": spec.cloud or self.config.defaults.cloud,
                     "job": dataclasses.asdict(job)}
@@ -57,6 +64,16 @@ class Submitter:
                     log.info("job %d: ZooKeeper unavailable (%s); retrying", job.id, type(exc).__name__)
                     self.connected.wait(0.5)
         return "succeeded", f"submitted {new} build(s) to ZooKeeper ({len(wanted) - new} already queued)"
+
+    def _retry(self, call, job, stopping) -> None:
+        while True:
+            if stopping.is_set():
+                raise Interrupted("the listener stopped leading before the job was submitted")
+            try:
+                return call()
+            except KazooException as exc:
+                log.info("job %d: ZooKeeper unavailable (%s); retrying", job.id, type(exc).__name__)
+                self.connected.wait(0.5)
 
 
 def listen(config, gerrit, ci, path, exclusive) -> None:
@@ -129,13 +146,16 @@ def _lead(config, gerrit, ci, path, zk, queue, position, stop, lost, connected, 
         db.close()
     log.info("listener %s: leader; resuming from %s", me, stored or "the local position")
     service = Service(gerrit, ci, path, Submitter(config, ci, queue, connected))
+    reporter = ZKReporter(config, zk, queue.root)  # the leader sends the owed reports
     service.start()
+    reporter.start()
     try:
         while not (stop.is_set() or lost.is_set() or service.failed.is_set()):
             stop.wait(KEEP)
             if not lost.is_set():
                 _store_position(zk, path, position)
     finally:
+        reporter.stop()
         service.stop()
         if not lost.is_set():
             try:

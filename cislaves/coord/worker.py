@@ -23,9 +23,9 @@ from cislaves.ci.queue import Job
 from cislaves.ci.runner import _end_run, run_build
 from cislaves.ci.settings import ci_settings, queue_path
 from cislaves.coord import rebakes
-from cislaves.coord.builds import BuildQueue, Item, worker_identity
+from cislaves.coord.builds import BuildQueue, Item, buildset_name, worker_identity
 from cislaves.coord.settings import connect, zookeeper_settings
-from cislaves.errors import ConfigError
+from cislaves.errors import CislavesError, ConfigError
 from cislaves.interrupts import shielded
 from cislaves.records import TAG_BUILD, TAG_RUN
 
@@ -50,6 +50,9 @@ class Worker:
         self._generation = 0  # sessions lost so far: a build of an earlier session is aborted
         self.zk = self.queue = None
         self._closing = False
+        from cislaves.ci.publish import Publisher
+
+        self.publisher = Publisher.from_config(config)  # its one-line errors come before any build
 
     def run(self, stop: threading.Event) -> None:
         """Until `stop`: take builds and run them; then abort the running ones (they run again elsewhere)."""
@@ -63,6 +66,8 @@ class Worker:
         self.zk.add_listener(self._on_state)
         self.queue = BuildQueue(self.zk, self.settings.root)
         self.rebakes = rebakes.queue_for(self.zk, self.settings)
+        self._cancels: set[str] = set()
+        self.zk.ChildrenWatch(f"{self.queue.root}/cancels", self._on_cancels)
         log.info("worker %s: %s, concurrency %d, clouds %s", self.ident["worker"], self.settings.hosts,
                  self.concurrency, ",".join(sorted(self.clouds)) if self.clouds else "all")
         try:
@@ -101,6 +106,7 @@ class Worker:
             self._closing = True  # the LOST that stop() reports is no expiry
             self.zk.stop()
             self.zk.close()
+            self.publisher.close()
 
     def _warm_up(self) -> None:
         """Load the drivers of the clouds this worker drives now, not in its first build's time."""
@@ -127,12 +133,16 @@ class Worker:
                 self._generation += 1
         self.wake.set()
 
+    def _on_cancels(self, children) -> None:
+        self._cancels = set(children)  # read by the builds' stop checks (no ZooKeeper call there)
+
     def _on_change(self, event) -> None:
         self.wake.set()
 
     # -- one build
     def _run(self, item: Item) -> None:
         generation = self._generation
+        buildset = buildset_name(item.data.get("key") or "")
         try:
             self._leftovers(item)
             store = BuildStore(self.store_path)
@@ -148,12 +158,18 @@ class Worker:
                     return "the worker stopped; the build runs again on another worker", True
                 if self._generation != generation:
                     return "the worker's ZooKeeper session expired; the build runs again", True
+                if buildset in self._cancels:
+                    return self._retry(lambda: self.queue.cancelled(item.data.get("key") or "")) or \
+                        "cancelled", False
                 return None
 
             build = run_build(build, self.config, should_stop)
             result = {"result": build.result, "detail": build.detail, "build_id": build.id,
                       "log_dir": build.log_dir, "started": build.started, "finished": build.finished,
-                      "rerun": build.rerun, **self.ident}
+                      "rerun": build.rerun, "build": {"voting": build.voting, "attempt": build.attempt,
+                                                      "cloud": build.cloud}, **self.ident}
+            if not build.rerun and build.result != "ABORTED" and build.log_dir:
+                result["url"] = self._publish(build)
             if build.rerun:
                 self._retry(lambda: self.queue.release(item))
             elif not self._retry(lambda: self.queue.finish(item, result)):
@@ -163,6 +179,18 @@ class Worker:
             log.exception("item %s crashed", item.name)
         finally:
             self._done(item)
+
+    def _publish(self, build) -> str | None:
+        """The build's logs to the log server before its result is stored (the report links there);
+        a failed publish leaves the report pointing at this host's build directory."""
+        from pathlib import Path
+
+        try:
+            return self.publisher.publish_build(Path(build.log_dir))
+        except Exception as exc:
+            log.warning("build %s: publishing its logs failed (%s); the report names %s", build.id,
+                        exc if isinstance(exc, CislavesError) else type(exc).__name__, build.log_dir)
+            return None
 
     def _rebake(self, item: Item) -> None:
         """A rebake target: bake and validate it here, store its result (interrupted: it runs again)."""
