@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cislaves.errors import ConfigError
+from cislaves.ci.queue import open_db
 from cislaves.state import alive, me
 
 RESULTS = ("SUCCESS", "FAILURE", "TIMED_OUT", "NODE_FAILURE", "ERROR", "ABORTED")
@@ -155,14 +155,7 @@ class BuildStore:
 
     def __init__(self, path: Path | str):
         self.path = Path(path)
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.executescript(SCHEMA)
-        except (OSError, sqlite3.Error) as exc:
-            raise ConfigError(f"build records {self.path}: cannot open: {exc}") from None
+        self.db = open_db(self.path, SCHEMA, "build records")
         with _LOCKS_GUARD:
             self.lock = _LOCKS.setdefault(str(self.path.resolve()), threading.Lock())
 

@@ -98,21 +98,28 @@ class Job:
         return {k: str(v) for k, v in values.items() if v is not None}
 
 
+def open_db(path: Path, schema: str, what: str) -> sqlite3.Connection:
+    """One thread's connection to a CI database (the queue, the build records): autocommit, WAL, the
+    schema applied; a failure is one line naming `what` and the file."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(path, timeout=30, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(schema)
+    except (OSError, sqlite3.Error) as exc:
+        raise ConfigError(f"{what} {path}: cannot open: {exc}") from None
+    return db
+
+
 class JobQueue:
     """A connection to the queue database (one per thread)."""
 
     def __init__(self, path: Path | str):
         self.path = Path(path)
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.executescript(SCHEMA)
-            with _WRITERS_GUARD:
-                self.writer = _WRITERS.setdefault(str(self.path.resolve()), threading.RLock())
-        except (OSError, sqlite3.Error) as exc:
-            raise ConfigError(f"job queue {self.path}: cannot open: {exc}") from None
+        self.db = open_db(self.path, SCHEMA, "job queue")
+        with _WRITERS_GUARD:
+            self.writer = _WRITERS.setdefault(str(self.path.resolve()), threading.RLock())
 
     def close(self) -> None:
         self.db.close()
