@@ -7,7 +7,6 @@ watches (the script is killed and the instance destroyed within seconds).
 """
 from __future__ import annotations
 
-import time
 from collections import deque
 from pathlib import Path
 
@@ -55,9 +54,7 @@ def cancel(config, job: int | str) -> str:
         row = db.get(job_id)
         if row is None:
             raise ConfigError(f"job {job_id}: no such job in {path} (`fab jobs` lists them)")
-        with db.batch():
-            waiting = db.db.execute("UPDATE jobs SET state='cancelled', updated=?, result=? WHERE id=? AND "
-                                    "state='queued'", (time.time(), "cancelled by fab cancel", job_id)).rowcount
+        waiting = db.cancel(job_id, "cancelled by fab cancel")
     finally:
         db.close()
     store = BuildStore(store_mod.path_for(path))

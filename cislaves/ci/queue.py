@@ -201,6 +201,14 @@ class JobQueue:
                 "AND attempts=?", (state, now, now, result, job.id, job.attempts))
         return cursor.rowcount == 1
 
+    def cancel(self, job_id: int, reason: str) -> bool:
+        """Mark job `job_id` cancelled if it still waits; False if it runs, ended or is not there (a
+        running job's builds are stopped through the builds database, cislaves.ci.buildcli.cancel)."""
+        with self.batch():
+            cursor = self.db.execute("UPDATE jobs SET state='cancelled', updated=?, result=? WHERE id=? AND "
+                                     "state='queued'", (time.time(), reason, job_id))
+        return cursor.rowcount == 1
+
     def requeue_running(self, reason: str = "interrupted; queued again") -> int:
         """Queue again every job marked running (after a stop or a crash); return how many."""
         cursor = self.db.execute("UPDATE jobs SET state='queued', updated=?, result=? WHERE state='running'",
