@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
+from kazoo.exceptions import BadVersionError, KazooException, NodeExistsError, NoNodeError
 
 log = logging.getLogger(__name__)
 KINDS = ("queue", "seen", "locks", "attempts", "results", "buildsets", "reports", "cancels")
@@ -58,6 +58,11 @@ class BuildQueue:
 
     def __init__(self, zk, root: str):
         self.zk, self.root = zk, root.rstrip("/")
+        # items whose lock this session may hold without running them: the answer to a lock's create
+        # was lost (ZooKeeper restarting: created or not, nobody knows), or a call after it failed.
+        # The session outlives the connection, so such a lock would keep its item from ever running
+        # again; release_strays() removes the ones still ours before the next take.
+        self.strays: set[str] = set()
         for kind in KINDS:
             zk.ensure_path(self._path(kind))
 
@@ -104,25 +109,54 @@ class BuildQueue:
                 self.zk.create(self._path("locks", name), json.dumps(worker).encode(), ephemeral=True)
             except NodeExistsError:
                 continue  # another worker runs it
-            if self.zk.exists(self._path("results", name)):  # its worker died between result and removal
-                self._remove(name, child)
-                continue
+            except KazooException:
+                self.strays.add(name)
+                raise
             try:
-                data = json.loads(self.zk.get(self._path("queue", child))[0])
-            except NoNodeError:  # finished and removed since the listing
-                self.zk.delete(self._path("locks", name))
-                continue
-            try:
-                attempts = json.loads(self.zk.get(self._path("attempts", name))[0])
-            except NoNodeError:
-                attempts = []
-            item = Item(name, data, attempts, child)
-            reason = self.cancelled(data.get("key") or "")
-            if reason:  # cancelled while it waited: never started
-                self.finish(item, {"result": "ABORTED", "detail": reason, "rerun": False})
-                continue
-            return item
+                item = self._claimed(name, child)
+            except KazooException:
+                self.strays.add(name)
+                raise
+            if item is not None:
+                return item
         return None
+
+    def _claimed(self, name: str, child: str) -> Item | None:
+        """The item whose lock was just created, or None when it is not to run (its lock then released)."""
+        if self.zk.exists(self._path("results", name)):  # its worker died between result and removal
+            self._remove(name, child)
+            return None
+        try:
+            data = json.loads(self.zk.get(self._path("queue", child))[0])
+        except NoNodeError:  # finished and removed since the listing
+            self.zk.delete(self._path("locks", name))
+            return None
+        try:
+            attempts = json.loads(self.zk.get(self._path("attempts", name))[0])
+        except NoNodeError:
+            attempts = []
+        item = Item(name, data, attempts, child)
+        reason = self.cancelled(data.get("key") or "")
+        if reason:  # cancelled while it waited: never started
+            self.finish(item, {"result": "ABORTED", "detail": reason, "rerun": False})
+            return None
+        return item
+
+    def release_strays(self) -> list[str]:
+        """Delete the locks in `strays` that this session still holds (see __init__); their names.
+        A ZooKeeper error leaves the rest for the next call."""
+        released = []
+        for name in sorted(self.strays):
+            path = self._path("locks", name)
+            stat = self.zk.exists(path)
+            if stat is not None and stat.ephemeralOwner == self.zk.client_id[0]:
+                try:
+                    self.zk.delete(path, version=stat.version)
+                except NoNodeError:
+                    pass
+                released.append(name)
+            self.strays.discard(name)
+        return released
 
     def cancelled(self, key: str) -> str | None:
         """The reason a buildset was cancelled, or None."""
@@ -200,8 +234,9 @@ class BuildQueue:
     def finish(self, item: Item, result: dict[str, Any]) -> bool:
         """Store the result, then remove the item and its lock (one transaction). False when the lock
         is no longer ours (the session expired: another worker runs it again; this result is dropped)."""
-        if not self.holds(item):
-            return False
+        if not self.holds(item):  # or the answer to this very call was lost after it committed
+            stored = self._result_of(item.name)
+            return bool(stored and result.get("build_id") and stored.get("build_id") == result["build_id"])
         body = json.dumps({**result, "name": item.data.get("name"), "key": item.data.get("key"),
                            "job": item.data.get("job"), "enqueued": item.data.get("enqueued"),
                            "stored": time.time()}, separators=(",", ":")).encode()
@@ -236,6 +271,12 @@ class BuildQueue:
             if last:
                 log.info("buildset %s: last result stored; its report is owed", buildset_name(key))
             return True
+
+    def _result_of(self, name: str) -> dict | None:
+        try:
+            return json.loads(self.zk.get(self._path("results", name))[0])
+        except NoNodeError:
+            return None
 
     def release(self, item: Item) -> None:
         """Give the item back without a result (a worker stopping: it runs again elsewhere)."""
@@ -272,10 +313,7 @@ class BuildQueue:
         return pending, done
 
     def result(self, key: str, name: str) -> dict | None:
-        try:
-            return json.loads(self.zk.get(self._path("results", item_name(key, name)))[0])
-        except NoNodeError:
-            return None
+        return self._result_of(item_name(key, name))
 
 
 def worker_identity(name: str) -> dict[str, Any]:

@@ -81,13 +81,17 @@ class Worker:
                         continue
                 self.wake.clear()
                 try:
+                    for queue in (self.queue, self.rebakes):
+                        for name in queue.release_strays():
+                            log.info("worker: released the lock of item %s (taken while ZooKeeper was "
+                                     "failing; it was never started)", name)
                     queue = self.rebakes
                     item = self.rebakes.take(self.clouds, self.ident, watch=self._on_change)
                     if item is None:
                         queue = self.queue
                         item = self.queue.take(self.clouds, self.ident, watch=self._on_change)
                 except KazooException as exc:
-                    log.info("worker: ZooKeeper unavailable (%s); taking nothing until it returns", exc)
+                    log.info("worker: ZooKeeper unavailable (%s); taking nothing until it returns", type(exc).__name__)
                     self.connected.wait(0.5)
                     continue
                 if item is None:
@@ -175,8 +179,14 @@ class Worker:
             elif not self._retry(lambda: self.queue.finish(item, result)):
                 log.warning("build %s: its lock was lost; result %s dropped (it runs again)", build.id,
                             build.result)
-        except Exception:
+        except Exception as exc:
+            # not the build's own failure (run_build records those): the worker failed around it. The
+            # item ends ERROR (stored, reported) rather than keeping its lock, which would leave it
+            # queued for as long as this worker lives.
             log.exception("item %s crashed", item.name)
+            detail = f"the worker failed: {type(exc).__name__}: {exc}"
+            self._retry(lambda: self.queue.finish(item, {"result": "ERROR", "detail": detail, "rerun": False,
+                                                         **self.ident}))
         finally:
             self._done(item)
 
@@ -202,8 +212,11 @@ class Worker:
                 self._retry(lambda: self.rebakes.release(item))
             else:
                 self._retry(lambda: self.rebakes.finish(item, result))
-        except Exception:
-            log.exception("rebake item %s crashed", item.name)
+        except Exception as exc:
+            log.exception("rebake item %s crashed", item.name)  # a failed target, not a held lock
+            error = f"the worker failed: {type(exc).__name__}: {exc}"
+            self._retry(lambda: self.rebakes.finish(item, {"result": "failed", "step": "worker", "error": error,
+                                                           **self.ident}))
         finally:
             self._done(item)
 

@@ -204,9 +204,14 @@ class _Link:
         """One side closed: close both, orderly."""
         self.proxy._discard(self)
         self.dead.set()
-        for sock in (self.client, self.server):
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            sock.close()
+        close_both(self.client, self.server)
+
+
+def close_both(*socks: socket.socket) -> None:
+    """Shut down and close each socket (either may be closed already)."""
+    for sock in socks:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        sock.close()
