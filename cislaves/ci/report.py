@@ -248,28 +248,31 @@ class ReportStore:
         report.state = state
 
 
-class Reporter:
-    """The thread that owes Gerrit its comments (see the module docstring)."""
+class ReporterThread:
+    """What both reporters share (this module's Reporter, cislaves.coord.reports.ZKReporter): the report
+    settings and the Publisher checked in the constructor, so their one-line errors come before any
+    start; one background thread (`_loop`, woken early through `_wake`); and a stop that ends the thread,
+    then the Publisher, so the shared SSH connection of an rsync target ends with the listener instead
+    of CONTROL_PERSIST seconds later."""
+
+    thread_name = "reporter"
 
     def __init__(self, config):
         check(config)
         self.config = config
         self.ci = ci_settings(config)
         self.gerrit = gerrit_settings(config, need_connection=self.ci.report == "ssh")
-        self.path = store_mod.path_for(queue_path(config, self.ci))
         self._wake, self._stopping = threading.Event(), threading.Event()
         self._thread: threading.Thread | None = None
         from cislaves.ci.publish import Publisher
 
-        self._publisher = Publisher.from_config(config)  # its one-line errors come before any start
-        self._fingerprint = None
-        self._expired_at = 0.0
+        self.publisher = Publisher.from_config(config)
+        self._fingerprint = None  # what the status page last showed
         self.sent = 0  # comments Gerrit accepted (tests, logs)
-        self.passes = 0  # rounds of the thread over the owed reports
 
     def start(self) -> None:
         self._stopping.clear()
-        self._thread = threading.Thread(target=self._loop, name="ci-reporter", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=self.thread_name, daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 60) -> None:
@@ -277,6 +280,22 @@ class Reporter:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        self.publisher.close()
+
+    def _loop(self) -> None:
+        raise NotImplementedError
+
+
+class Reporter(ReporterThread):
+    """The thread that owes Gerrit its comments (see the module docstring)."""
+
+    thread_name = "ci-reporter"
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.path = store_mod.path_for(queue_path(config, self.ci))
+        self._expired_at = 0.0
+        self.passes = 0  # rounds of the thread over the owed reports
 
     def submit(self, job_id: int) -> None:
         """A buildset ended: owe it a report (durably) and wake the thread."""
@@ -346,7 +365,7 @@ class Reporter:
         urls = dict(report.urls)
         for build in shown:  # the report waits for the publish (a failure retries the whole report)
             if build.id not in urls and build.log_dir:
-                urls[build.id] = self.publisher().publish_build(Path(build.log_dir))
+                urls[build.id] = self.publisher.publish_build(Path(build.log_dir))
                 reports.update(report, urls=urls)
         text = message(self.ci, shown, urls)
         value = vote(self.ci, shown)
@@ -372,23 +391,20 @@ class Reporter:
             except Exception:
                 log.exception("job %d: email", report.job_id)
 
-    def publisher(self):
-        return self._publisher
-
     def _status(self, store: BuildStore) -> None:
         row = store.db.execute("SELECT count(*), max(created), max(started), max(finished), "
                                "sum(state='running') FROM builds").fetchone()
         if row == self._fingerprint:
             return
         self._fingerprint = row  # a failure is logged once, and retried at the next change
-        self.publisher().publish_status(store.recent(200))
+        self.publisher.publish_status(store.recent(200))
 
     def _expire(self) -> None:
         keep = getattr(self.ci.logs, "keep_days", 0)
         if not keep or time.time() - self._expired_at < EXPIRE_EVERY:
             return
         self._expired_at = time.time()
-        self.publisher().expire(keep)
+        self.publisher.expire(keep)
 
 
 def unreported(config) -> list[str]:

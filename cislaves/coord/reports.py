@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 
 from kazoo.exceptions import BadVersionError, KazooException, NoNodeError
 
 from cislaves.ci import report as report_mod
 from cislaves.ci.builds import Build
-from cislaves.ci.settings import ci_settings, gerrit_settings
 from cislaves.coord.builds import BuildQueue, buildset_name, item_name
 from cislaves.errors import CislavesError
 
@@ -48,33 +46,14 @@ def build_of(result: dict) -> Build:
                  finished=result.get("finished"), cloud=fields.get("cloud"))
 
 
-class ZKReporter:
+class ZKReporter(report_mod.ReporterThread):
     """The leader's thread owing Gerrit its comments (see the module docstring)."""
 
+    thread_name = "zk-reporter"
+
     def __init__(self, config, zk, root: str):
-        report_mod.check(config)
-        self.config, self.zk, self.root = config, zk, root.rstrip("/")
-        self.ci = ci_settings(config)
-        self.gerrit = gerrit_settings(config, need_connection=self.ci.report == "ssh")
-        self._stopping, self._wake = threading.Event(), threading.Event()
-        self._thread: threading.Thread | None = None
-        self.sent = 0
-        from cislaves.ci.publish import Publisher
-
-        self.publisher = Publisher.from_config(config)
-        self._fingerprint = None
-
-    def start(self) -> None:
-        self._stopping.clear()
-        self._thread = threading.Thread(target=self._loop, name="zk-reporter", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 60) -> None:
-        self._stopping.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-        self.publisher.close()
+        super().__init__(config)
+        self.zk, self.root = zk, root.rstrip("/")
 
     def _loop(self) -> None:
         while not self._stopping.is_set():
