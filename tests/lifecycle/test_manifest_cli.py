@@ -5,39 +5,19 @@ from __future__ import annotations
 
 import json
 
-from cislaves import clouds, config as config_mod, distros
-from cislaves.records import LaunchSpec, new_run_id, standard_tags
-from cislaves.state import State
 from tests.cli import fab
-from tests.lifecycle.conftest import fab_env, segredos_repo, write_config
-
-PATH = "env.default.jenkins.clouds.images.{cloud_key}.{region}.{distribution}"
+from tests.lifecycle.conftest import fab_env
+from tests.lifecycle.driver_images import MOTO_REBAKE, DriverImages
 
 
 def test_delete_image_converts_an_old_manifest_to_packers_shape(tmp_path, moto_url, ec2):
-    folder = tmp_path / "segredos"
-    segredos_repo(folder)
-    path = write_config(folder, moto_url=moto_url, rebake={
-        "targets": [{"cloud": "ec2", "distribution": "debian12", "region": "us-west-2"}], "keep": 2,
-        "publish": {"file": "ci-platform/all/all.yaml", "path": PATH}})
-    config = config_mod.load(path, environ={})
-    owner = State(config.data_dir).owner_id()
-    cloud = clouds.get("ec2", config)
-    debian12 = distros.get("debian12")
-    base = cloud.base_image(debian12)
-    run_id = new_run_id()
-    instance = cloud.launch(LaunchSpec(distribution=debian12, image=base, run_id=run_id, name=f"t-{run_id}",
-                                       tags=standard_tags(run_id, "debian12", "instance", owner=owner),
-                                       key_dir=tmp_path / "keys"))
+    images = DriverImages(tmp_path, moto_url=moto_url, rebake=MOTO_REBAKE)
+    path, config, base = images.path, images.config, images.base
     try:
-        made = []
-        for label in ("old", "kept"):
-            image_run = new_run_id()
-            made.append(cloud.create_image(instance, f"cislaves-debian12-{label}-{image_run}",
-                                           standard_tags(image_run, "debian12", "image", owner=owner)))
+        instance = images.launch()
+        made = [images.image(instance, label) for label in ("old", "kept")]
     finally:
-        cloud.destroy(instance)
-        cloud.close()
+        images.close()
     old, kept = made
     config.manifest.parent.mkdir(parents=True, exist_ok=True)
     config.manifest.write_text(json.dumps({"builds": [

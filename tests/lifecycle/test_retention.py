@@ -8,57 +8,34 @@ import re
 
 import pytest
 
-from cislaves import clouds, config as config_mod, distros, images as manifest
-from cislaves.records import LaunchSpec, new_run_id, standard_tags
-from cislaves.state import State
+from cislaves import images as manifest
 from tests.cli import fab
-from tests.lifecycle.conftest import fab_env, segredos_repo, write_config
-
-PATH = "env.default.jenkins.clouds.images.{cloud_key}.{region}.{distribution}"
+from tests.lifecycle.conftest import fab_env
+from tests.lifecycle.driver_images import MOTO_REBAKE, DriverImages
 
 
 @pytest.fixture
 def setup(tmp_path, moto_url, ec2):
-    folder = tmp_path / "segredos"
-    published_file = segredos_repo(folder)
-    path = write_config(folder, moto_url=moto_url, rebake={
-        "targets": [{"cloud": "ec2", "distribution": "debian12", "region": "us-west-2"}], "keep": 2,
-        "publish": {"file": "ci-platform/all/all.yaml", "path": PATH}})
-    config = config_mod.load(path, environ={})
-    owner = State(config.data_dir).owner_id()
-    cloud = clouds.get("ec2", config)
-    debian12 = distros.get("debian12")
-    base = cloud.base_image(debian12)
-    made, instances = {}, []
-
-    def launch(image):
-        run_id = new_run_id()
-        spec = LaunchSpec(distribution=debian12, image=image, run_id=run_id, name=f"t-{run_id}",
-                          tags=standard_tags(run_id, "debian12", "instance", owner=owner),
-                          key_dir=tmp_path / "keys")
-        instance = cloud.launch(spec)
-        instances.append(instance)
-        return instance
-
-    source = launch(base)
-    for label in ["u0", "v1", "v2", "v3", "v4", "v5", "u6", "other"]:
-        run_id = new_run_id()
-        tags = standard_tags(run_id, "debian12", "image", ttl_hours=1000,
-                             owner="o-another-host" if label == "other" else owner)
-        image = cloud.create_image(source, f"cislaves-debian12-{label}-{run_id}", tags)
-        made[label] = image
-        if label != "other":
-            manifest.record(config.manifest, [image], distribution="debian12", run_id=run_id, name=image.name,
-                            source_image=base.id)
-            if label.startswith("v"):
-                manifest.mark(config.manifest, [image.id], validated=True)
-    launch(made["v2"])  # v2 is in use
-    text = published_file.read_text().replace("ami-0aaaaaaaaaaaaaaa3", made["v1"].id)  # v1 is published
-    published_file.write_text(text)
-    yield fab_env(path), made, config
-    for instance in instances:
-        cloud.destroy(instance)
-    cloud.close()
+    images = DriverImages(tmp_path, moto_url=moto_url, rebake=MOTO_REBAKE)
+    config = images.config
+    try:
+        made = {}
+        source = images.launch()
+        for label in ["u0", "v1", "v2", "v3", "v4", "v5", "u6", "other"]:
+            image = images.image(source, label, ttl_hours=1000,
+                                 **({"owner": "o-another-host"} if label == "other" else {}))
+            made[label] = image
+            if label != "other":
+                manifest.record(config.manifest, [image], distribution="debian12", run_id=image.run_id,
+                                name=image.name, source_image=images.base.id)
+                if label.startswith("v"):
+                    manifest.mark(config.manifest, [image.id], validated=True)
+        images.launch(made["v2"])  # v2 is in use
+        text = images.published_file.read_text().replace("ami-0aaaaaaaaaaaaaaa3", made["v1"].id)  # v1 is published
+        images.published_file.write_text(text)
+        yield fab_env(images.path), made, config
+    finally:
+        images.close()
 
 
 def exists(ec2, image):
@@ -113,43 +90,35 @@ def test_prune_on_the_local_cloud_frees_the_layers_of_old_images(tmp_path, local
     """The local cloud too: three images, each of a fresh machine (as bakes make them), keep 1, and a
     machine booted from the middle one. The newest and the one in use stay; once the machine is gone,
     only the newest does, and the others' layers leave the data dir."""
-    path = write_config(tmp_path / "segredos", cache_dir=local_cache_dir, rebake={
+    images = DriverImages(tmp_path, "local", cache_dir=local_cache_dir, rebake={
         "targets": [{"cloud": "local", "distribution": "debian12"}], "keep": 1})
-    config = config_mod.load(path, environ={})
-    owner = State(config.data_dir).owner_id()
-    cloud = clouds.get("local", config)
-    debian12 = distros.get("debian12")
-
-    def launch(image):
-        run_id = new_run_id()
-        return cloud.launch(LaunchSpec(distribution=debian12, image=image, run_id=run_id, name=f"t-{run_id}",
-                                       tags=standard_tags(run_id, "debian12", "instance", owner=owner),
-                                       key_dir=tmp_path / "keys"))
-
-    made = []
-    for _ in range(3):
-        machine = launch(cloud.base_image(debian12))
-        try:
-            image_run = new_run_id()
-            image = cloud.create_image(machine, f"cislaves-debian12-{image_run}",
-                                       standard_tags(image_run, "debian12", "image", owner=owner))
-        finally:
-            cloud.destroy(machine)
-        manifest.record(config.manifest, [image], distribution="debian12", run_id=image_run,
-                        name=image.name, source_image=None)
-        manifest.mark(config.manifest, [image.id], validated=True)
-        made.append(image)
-    user = launch(made[1])
+    path, config = images.path, images.config
     try:
-        first = fab("prune", env=fab_env(path), timeout=120)
-        assert first.returncode == 0, first.stderr[-2000:]
-        assert re.search(rf"^keep local - debian12 {made[2].id} \(validated, newest 1 of 1\)$", first.stdout, re.M)
-        assert re.search(rf"^keep local - debian12 {made[1].id} \(in use by an instance\)$", first.stdout, re.M)
-        assert re.search(rf"^deleted local - debian12 {made[0].id} ", first.stdout, re.M), first.stdout
+        made = []
+        for _ in range(3):
+            machine = images.launch()
+            try:
+                image = images.image(machine)
+            finally:
+                images.destroy(machine)
+            manifest.record(config.manifest, [image], distribution="debian12", run_id=image.run_id,
+                            name=image.name, source_image=None)
+            manifest.mark(config.manifest, [image.id], validated=True)
+            made.append(image)
+        user = images.launch(made[1])
+        try:
+            first = fab("prune", env=fab_env(path), timeout=120)
+            assert first.returncode == 0, first.stderr[-2000:]
+            assert re.search(rf"^keep local - debian12 {made[2].id} \(validated, newest 1 of 1\)$", first.stdout,
+                             re.M)
+            assert re.search(rf"^keep local - debian12 {made[1].id} \(in use by an instance\)$", first.stdout, re.M)
+            assert re.search(rf"^deleted local - debian12 {made[0].id} ", first.stdout, re.M), first.stdout
+        finally:
+            images.destroy(user)
+        second = fab("prune", env=fab_env(path), timeout=120)
+        assert second.returncode == 0, second.stderr[-2000:]
+        assert re.search(rf"^deleted local - debian12 {made[1].id} ", second.stdout, re.M), second.stdout
+        assert [i.id for i in images.cloud.list_images({"cislaves:role": "image"})] == [made[2].id]
+        assert sorted(p.name for p in (config.data_dir / "local" / "images").iterdir()) == [made[2].id]
     finally:
-        cloud.destroy(user)
-    second = fab("prune", env=fab_env(path), timeout=120)
-    assert second.returncode == 0, second.stderr[-2000:]
-    assert re.search(rf"^deleted local - debian12 {made[1].id} ", second.stdout, re.M), second.stdout
-    assert [i.id for i in cloud.list_images({"cislaves:role": "image"})] == [made[2].id]
-    assert sorted(p.name for p in (config.data_dir / "local" / "images").iterdir()) == [made[2].id]
+        images.close()
