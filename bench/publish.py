@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -23,6 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from cislaves import config as cfg  # noqa: E402
+from bench.figures import latency_ms  # noqa: E402
 from cislaves.ci.publish import Publisher  # noqa: E402
 from tests.publish.conftest import Sshd, all_builds, make_build  # noqa: E402
 
@@ -51,8 +51,8 @@ def run(name: str, logs: dict, base: Path, builds: int, lines: int) -> None:
     expire = time.perf_counter() - began
     publisher.close()
     size = sum(p.stat().st_size for p in Path(made[0].log_dir).rglob("*") if p.is_file())
-    print(f"{name:6} publish_build p50 {statistics.median(times) * 1000:7.1f} ms  max {max(times) * 1000:7.1f} ms "
-          f"({size / 1e6:.2f} MB a build) | status page {status * 1000:6.1f} ms ({builds} builds) | "
+    print(f"{name:6} publish_build {latency_ms(times)} ({size / 1e6:.2f} MB a build) | "
+          f"status page {status * 1000:6.1f} ms ({builds} builds) | "
           f"expire {expire * 1000:6.1f} ms ({len(removed)} removed)")
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -24,6 +23,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.figures import latency_ms  # noqa: E402
 from cislaves import config as cfg  # noqa: E402
 from cislaves.ci.builds import BuildStore, path_for  # noqa: E402
 from cislaves.ci.report import Reporter  # noqa: E402
@@ -86,9 +86,7 @@ def measure(kind: str, runs: int, folder: Path, gerrit: ReviewGerrit, rest: Rest
     finally:
         reporter.stop()
         store.close()
-    one.sort()
-    print(f"{kind:4}: one buildset at a time: p50 {statistics.median(one) * 1000:.0f} ms, "
-          f"p90 {one[int(len(one) * 0.9) - 1] * 1000:.0f} ms, max {one[-1] * 1000:.0f} ms; "
+    print(f"{kind:4}: one buildset at a time: {latency_ms(one)}; "
           f"{runs} submitted at once: {burst:.2f} s ({burst / runs * 1000:.0f} ms each)")
 
 
