@@ -12,10 +12,8 @@ Run from the repository root:  python3 bench/fast_failures.py [--runs 3] [--inte
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,6 +25,9 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 FAB = str(REPO / ".venv" / "bin" / "fab")
+sys.path.insert(0, str(REPO))
+
+from tests.refused import aws_env, refused_clouds  # noqa: E402
 
 
 def main() -> int:
@@ -54,29 +55,10 @@ def main() -> int:
 
 
 def refused_config(folder: Path) -> dict[str, str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
-    (folder / "key.json").write_text(json.dumps({
-        "type": "service_account", "project_id": "my-project-1", "private_key_id": "k1", "private_key": key,
-        "client_email": "ci@my-project-1.iam.gserviceaccount.com", "client_id": "1",
-        "token_uri": f"http://127.0.0.1:{port}/token"}))
-    url = f"http://127.0.0.1:{port}"
-    config = {"data_dir": str(folder / "data"), "clouds": {
-        "ec2": {"endpoint_url": url},
-        "openstack": {"auth_url": f"{url}/v3", "username": "u", "password": "p", "project_name": "p",
-                      "user_domain_name": "Default", "project_domain_name": "Default"},
-        "gce": {"project": "my-project-1", "credentials_file": "key.json", "api_endpoint": f"{url}/compute/v1/"}}}
-    (folder / "cislaves.yaml").write_text(yaml.safe_dump(config))
+    (folder / "cislaves.yaml").write_text(yaml.safe_dump({"data_dir": str(folder / "data"),
+                                                          "clouds": refused_clouds(folder)}))
     return {**os.environ, "CISLAVES_CONFIG": str(folder / "cislaves.yaml"), "CISLAVES_DATA_DIR": "",
-            "CISLAVES_MANIFEST": "", "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing-secret",
-            "AWS_REGION": "us-west-2", "AWS_CONFIG_FILE": str(folder / "none"),
-            "AWS_SHARED_CREDENTIALS_FILE": str(folder / "none")}
+            "CISLAVES_MANIFEST": "", **aws_env(folder)}
 
 
 def interrupt(folder: Path, runs: int) -> None:

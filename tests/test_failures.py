@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from tests.cli import REPO, fab
+from tests.refused import aws_env, refused_clouds
 
 SECRETS = {"OS_PASSWORD": "os-secret-h14b", "AWS_SECRET_ACCESS_KEY": "aws-secret-h14b"}
 SLOW_SCRIPT = "#!/bin/sh\necho 'slow step: started'\nsleep 97\necho 'slow step: finished'\n"
@@ -162,19 +163,9 @@ def test_a_relative_gce_credentials_file_is_the_config_files_neighbour(tmp_path)
 
 
 # -- endpoints that refuse connections --------------------------------------------------------------
-def _closed_port() -> int:
-    import socket
-
-    with socket.socket() as sock:  # bound, never listening: connections to it are refused
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_an_ec2_endpoint_that_refuses_connections_is_one_line_without_retries(tmp_path):
-    port = _closed_port()
-    env = write_config(tmp_path, clouds={"ec2": {"endpoint_url": f"http://127.0.0.1:{port}"}})
-    env.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing-secret", AWS_REGION="us-west-2",
-               AWS_CONFIG_FILE=str(tmp_path / "none"), AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"))
+    env = write_config(tmp_path, clouds={"ec2": refused_clouds(tmp_path)["ec2"]})
+    env.update(aws_env(tmp_path))
     result = fab("it:cloud=ec2,distribution=centos7", env=env, timeout=30)  # was 128 s of retries
     assert result.returncode == 1
     line = one_error_line(result)
@@ -185,21 +176,7 @@ def test_an_ec2_endpoint_that_refuses_connections_is_one_line_without_retries(tm
 
 
 def test_openstack_and_gce_endpoints_that_refuse_connections_are_one_line_without_retries(tmp_path):
-    port = _closed_port()
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
-    (tmp_path / "key.json").write_text(json.dumps({
-        "type": "service_account", "project_id": "my-project-1", "private_key_id": "k1", "private_key": key,
-        "client_email": "ci@my-project-1.iam.gserviceaccount.com", "client_id": "1",
-        "token_uri": f"http://127.0.0.1:{port}/token"}))
-    env = write_config(tmp_path, clouds={
-        "openstack": {"auth_url": f"http://127.0.0.1:{port}/v3", "username": "u", "password": "p",
-                      "project_name": "p", "user_domain_name": "Default", "project_domain_name": "Default"},
-        "gce": {"project": "my-project-1", "credentials_file": "key.json",
-                "api_endpoint": f"http://127.0.0.1:{port}/compute/v1/"}})
+    env = write_config(tmp_path, clouds=refused_clouds(tmp_path))
     for cloud in ("openstack", "gce"):
         result = fab(f"up:cloud={cloud}", env=env, timeout=30)  # were 115 s and 50 s of retries
         assert result.returncode == 1
