@@ -10,7 +10,8 @@ import socket
 import subprocess
 from pathlib import Path
 
-from cislaves.waiting import Pending, wait_for
+from cislaves.waiting import Pending
+from tests.servers import free_port, wait_answering
 
 JARS = "/usr/share/java/zookeeper.jar"
 
@@ -22,12 +23,6 @@ def available() -> str | None:
     if not glob.glob(JARS):
         return "no ZooKeeper jar (apt-get install zookeeper)"
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ZooKeeperServer:
@@ -54,13 +49,11 @@ class ZooKeeperServer:
              f"-Dzookeeper.log.dir={self.folder}", "org.apache.zookeeper.server.quorum.QuorumPeerMain",
              str(self.cfg)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
-        wait_for(self._ruok, f"ZooKeeper on {self.hosts} to answer ruok", 60, first_delay=0.05, max_delay=0.2)
+        wait_answering(self.proc, self.folder / "zookeeper.log", self._ruok,
+                       f"ZooKeeper on {self.hosts} to answer ruok", 60, first_delay=0.05, max_delay=0.2)
         return self
 
     def _ruok(self):
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"ZooKeeper exited with {self.proc.returncode}: "
-                               f"{(self.folder / 'zookeeper.log').read_text()[-2000:]}")
         try:
             with socket.create_connection(("127.0.0.1", self.port), 1) as s:
                 s.sendall(b"ruok")

@@ -25,7 +25,8 @@ from cislaves.ci.publish import content_type
 from cislaves.ci.queue import Job
 from cislaves.ci.settings import ci_settings, queue_path
 from cislaves.keys import generate_keypair
-from cislaves.waiting import Pending, wait_for
+from cislaves.waiting import Pending
+from tests.servers import free_port, wait_answering
 
 HOSTILE = "<script>alert('x')</script> & \"quoted\" $(touch /tmp/pwned) `id`"
 
@@ -171,12 +172,6 @@ def chromium(url: str, workdir: Path, name: str) -> str:
     return dom
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Sshd:
     """A private sshd on 127.0.0.1 that lets one key log in as root (the log host)."""
 
@@ -206,11 +201,9 @@ class Sshd:
                                      stdout=subprocess.DEVNULL, stderr=open(self.base / "sshd.log", "ab"))
 
         def listening():
-            if self.proc.poll() is not None:
-                raise AssertionError(f"sshd exited: {(self.base / 'sshd.log').read_text()[-500:]}")
             with socket.socket() as s:
                 return s.connect_ex(("127.0.0.1", self.port)) == 0 or Pending("port closed")
-        wait_for(listening, f"sshd on 127.0.0.1:{self.port}", 20)
+        wait_answering(self.proc, self.base / "sshd.log", listening, f"sshd on 127.0.0.1:{self.port}", 20)
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

@@ -1,0 +1,31 @@
+"""Servers the tests run as processes of their own on 127.0.0.1 (the private sshd of the log-publishing
+tests, ZooKeeper): a free port, and the wait until the process answers on it, which fails with the
+end of the server's log the moment the process exits instead of waiting out the deadline."""
+from __future__ import annotations
+
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any, Callable
+
+from cislaves.waiting import wait_for
+
+
+def free_port() -> int:
+    """A port of 127.0.0.1 that was free a moment ago (bound, then released: until something listens
+    on it, connections to it are refused)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_answering(proc: subprocess.Popen, log: Path, answers: Callable[[], Any], what: str, timeout: float,
+                   **options) -> Any:
+    """wait_for(answers, what, timeout, **options), raising RuntimeError with the log's last 2000
+    characters if `proc` exits first."""
+    def probe():
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else "(no log)"
+            raise RuntimeError(f"{what}: the server exited with {proc.returncode}: {tail}")
+        return answers()
+    return wait_for(probe, what, timeout, **options)
