@@ -18,15 +18,22 @@ What it does not do, and why (read in novaclient 18.13.1):
 - flavors and (from 2.35) key pairs come one page per call: `every_page` asks with a marker until a
   page is empty, as novaclient's `servers.list(limit=-1)` does for servers.
 - Glance v2 and Neutron have no novaclient API: they stay JSON on the session (api.py).
+- every list and create of a novaclient manager opens the `nova` CLI's bash-completion cache files
+  (~/.novaclient/<hash>/<resource>-uuid-cache, base.Manager.completion_cache; empty ones, since
+  write_to_completion_cache has no caller). novaclient has no setting that turns it off, also not
+  upstream (NOVACLIENT_UUID_CACHE_DIR only moves it, for the whole process): `connect` gives each
+  manager of its client a completion_cache that opens nothing.
 The catalog, the region and the versioned endpoint are api.py's (one region for every service);
 novaclient gets that endpoint as `endpoint_override`.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import novaclient
 from novaclient import api_versions
+from novaclient import base as nova_base
 from novaclient import client as nova_client
 from novaclient import exceptions as nova_exc
 
@@ -63,6 +70,9 @@ def connect(api: Api, version: str, setting: str):
     nova = nova_client.Client(BASE, session=api.session, endpoint_override=endpoint, logger=wire_log)
     nova.client = KeepAnswer(session=api.session, api_version=BASE, endpoint_override=endpoint,
                              service_type="compute", user_agent="cislaves", logger=wire_log)
+    for manager in vars(nova).values():  # no ~/.novaclient (see the module docstring)
+        if isinstance(manager, nova_base.Manager):
+            manager.completion_cache = _no_completion_cache
     if wanted > BASE:
         check_cloud(api, nova, wanted, setting)
     nova.api_version = wanted
@@ -114,3 +124,8 @@ def every_page(list_page) -> list:
         seen |= {item.id for item in fresh}
         marker = fresh[-1].id
 
+
+@contextlib.contextmanager
+def _no_completion_cache(cache_type, obj_class, mode):
+    """Manager.completion_cache(cache_type, obj_class, mode) that opens no file."""
+    yield
