@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from cislaves import TOOL, clouds, images as manifest
 from cislaves.errors import CislavesError, ConfigError
@@ -36,8 +36,11 @@ class Decision:
 
 
 def prune(config, targets: Iterable, keep: int, *, published: set[str], dry_run: bool = False,
-          out: Callable[[str], None] = print) -> list[Decision]:
-    """Apply retention to the clouds/regions of `targets` (lifecycle.settings.Target)."""
+          out: Callable[[str], None] = print, drivers: dict[tuple, Any] | None = None) -> list[Decision]:
+    """Apply retention to the clouds/regions of `targets` (lifecycle.settings.Target). `drivers`:
+    drivers built already, by group_key (a rebake's: building one is a new SDK session), kept open;
+    one is built (and closed) for each other cloud/region."""
+    drivers = drivers or {}
     state = State(config.data_dir)
     owner = state.owner_id()
     live_runs = set(state.runs())
@@ -46,48 +49,56 @@ def prune(config, targets: Iterable, keep: int, *, published: set[str], dry_run:
     order = {b.get("artifact_id"): index for index, b in enumerate(builds)}  # bake order breaks time ties
     decisions: list[Decision] = []
     seen: set[tuple[str, str]] = set()
-    for cloud, cfg, distributions in _clouds_of(config, targets):
-        driver = clouds.get(cloud, cfg)
+    for key, (cloud, cfg, distributions) in _clouds_of(config, targets).items():
+        driver = drivers.get(key) or clouds.get(cloud, cfg)
         try:
-            in_use = images_in_use(driver, state)
-            found = [i for i in driver.list_images({TAG_TOOL: TOOL}) if (i.id, i.region or "") not in seen]
+            decisions += _prune_group(config, driver, state, owner, distributions, keep, validated, published,
+                                      live_runs, order, seen, dry_run)
         finally:
-            driver.close()
-        seen |= {(i.id, i.region or "") for i in found}
-        groups: dict[tuple, list[Image]] = {}
-        for image in found:
-            dist = image.distribution or image.tags.get(TAG_DISTRIBUTION)
-            if image.tags.get(TAG_ROLE) != "image" or dist not in distributions:
-                continue
-            if image.tags.get(TAG_OWNER) != owner:
-                continue  # another host's: it prunes its own
-            image.distribution = dist
-            groups.setdefault((image.region, dist), []).append(image)
-        here = [d for group in groups.values() for d in decide(group, keep, validated, published, in_use,
-                                                              live_runs, order)]
-        decisions += here
-        gone = []
-        driver = clouds.get(cloud, cfg)
-        try:
-            for d in here:
-                if d.action == "delete":
-                    if not dry_run:
-                        try:
-                            driver.delete_image(d.image)
-                        except CislavesError as exc:
-                            d.action, d.reason = "keep", f"delete failed: {exc}"
-                            log.error("prune: could not delete %s: %s", d.image.id, exc)
-                            continue
-                        gone.append(d.image.id)
-        finally:
-            driver.close()
-        if gone:
-            manifest.forget(config.manifest, gone)
-            for image_id in gone:
-                packages.remove(config.data_dir, image_id)
+            if key not in drivers:
+                driver.close()
     for d in decisions:
         out(d.line(dry_run))
     return decisions
+
+
+def group_key(target) -> tuple:
+    """The cloud and region retention lists a target's images in (None on clouds without regions)."""
+    return (target.cloud, target.region if clouds.driver_class(target.cloud).capabilities.regions else None)
+
+
+def _prune_group(config, driver, state, owner, distributions, keep, validated, published, live_runs, order,
+                 seen: set, dry_run: bool) -> list[Decision]:
+    """Retention in one cloud/region with its driver (one for listing and deleting)."""
+    in_use = images_in_use(driver, state)
+    found = [i for i in driver.list_images({TAG_TOOL: TOOL}) if (i.id, i.region or "") not in seen]
+    seen.update((i.id, i.region or "") for i in found)  # a region copy is listed once
+    groups: dict[tuple, list[Image]] = {}
+    for image in found:
+        dist = image.distribution or image.tags.get(TAG_DISTRIBUTION)
+        if image.tags.get(TAG_ROLE) != "image" or dist not in distributions:
+            continue
+        if image.tags.get(TAG_OWNER) != owner:
+            continue  # another host's: it prunes its own
+        image.distribution = dist
+        groups.setdefault((image.region, dist), []).append(image)
+    here = [d for group in groups.values() for d in decide(group, keep, validated, published, in_use,
+                                                          live_runs, order)]
+    gone = []
+    for d in here:
+        if d.action == "delete" and not dry_run:
+            try:
+                driver.delete_image(d.image)
+            except CislavesError as exc:
+                d.action, d.reason = "keep", f"delete failed: {exc}"
+                log.error("prune: could not delete %s: %s", d.image.id, exc)
+                continue
+            gone.append(d.image.id)
+    if gone:
+        manifest.forget(config.manifest, gone)
+        for image_id in gone:
+            packages.remove(config.data_dir, image_id)
+    return here
 
 
 def decide(group: list[Image], keep: int, validated: set[str], published: set[str], in_use: set[str],
@@ -175,13 +186,13 @@ def delete_image(config, cloud: str, image_id: str, *, published: set[str], forc
     out(f"Deleted image {image_id} on {cloud}")
 
 
-def _clouds_of(config, targets):
-    """(cloud, config copy, distributions) once per cloud and region of the targets."""
+def _clouds_of(config, targets) -> dict[tuple, tuple]:
+    """group_key -> (cloud, config copy, distributions), once per cloud and region of the targets."""
     by_key: dict[tuple, tuple] = {}
     for target in targets:
-        key = (target.cloud, target.region if clouds.driver_class(target.cloud).capabilities.regions else None)
+        key = group_key(target)
         if key not in by_key:
             by_key[key] = (target.cloud, target.session_config(config), set())
         by_key[key][2].add(target.distribution)
-    return list(by_key.values())
+    return by_key
 
