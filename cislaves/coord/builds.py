@@ -284,10 +284,14 @@ class BuildQueue:
             self.zk.delete(self._path("locks", item.name))
 
     def _remove(self, name: str, child: str) -> None:
-        tx = self.zk.transaction()
-        tx.delete(self._path("queue", child))
-        tx.delete(self._path("locks", name))
-        tx.commit()
+        """The queue item of a stored result and our lock on it. One by one, not in a transaction: the
+        item is usually gone already (its worker finished it between our listing and our lock), and a
+        transaction would then fail as a whole and leave our lock behind."""
+        for path in (self._path("queue", child), self._path("locks", name)):
+            try:
+                self.zk.delete(path)
+            except NoNodeError:
+                pass
 
     # -- anyone (`fab jobs`)
     def listing(self) -> tuple[list[dict], list[dict]]:

@@ -22,8 +22,11 @@ def zookeeper(tmp_path_factory):
 def zk(zookeeper):
     from kazoo.client import KazooClient
 
-    client = KazooClient(hosts=zookeeper.hosts, timeout=4,
-                         connection_retry={"max_tries": -1, "delay": 0.05, "max_delay": 0.5})
+    # the test's own observer: it holds no ephemeral node, so a long session and retried reads keep
+    # a ZooKeeper restart on a loaded machine from failing the test instead of the code under test
+    client = KazooClient(hosts=zookeeper.hosts, timeout=30,
+                         connection_retry={"max_tries": -1, "delay": 0.05, "max_delay": 0.5},
+                         command_retry={"max_tries": -1, "delay": 0.05, "max_delay": 0.5, "deadline": 60})
     client.start(timeout=30)
     yield client
     client.stop()

@@ -38,6 +38,10 @@ def test_thirty_builds_on_three_workers_survive_a_killed_worker_and_a_zookeeper_
     workers = [procs.start(f"worker{i}", zk_config(config, zookeeper, tmp_path, "workers", root),
                            "worker:concurrency=2,clouds=local") for i in range(3)]
     wait_for(lambda: gerrit.stream_connections >= 1 or None, "the leader to follow the stream", 60)
+    # every worker past its start-up (its reap of what dead workers of this host left): else a worker
+    # still starting would reap worker0's builds after the kill, before any worker retakes them by tag
+    wait_for(lambda: all(", concurrency 2, clouds local" in procs.log(f"worker{i}") for i in range(3)) or None,
+             "the three workers to start", 120)
     changes = list(range(300, 315))
     for change in changes:
         gerrit.upload_commit(change, {"a.py": f"x = {change}\n"})
