@@ -174,6 +174,7 @@ class BuildQueue:
             pass
         me = {"worker": "cancel", **worker_identity("cancel")}
         ended = running = 0
+        self.release_strays()  # a call of ours that failed before (the leader retries a supersede)
         for child in self.zk.get_children(self._path("queue")):
             name = child.split("~")[1]
             try:
@@ -187,10 +188,17 @@ class BuildQueue:
             except NodeExistsError:
                 running += 1
                 continue
-            if self.zk.exists(self._path("results", name)):
-                self._remove(name, child)
-                continue
-            self.finish(Item(name, data, [], child), {"result": "ABORTED", "detail": reason, "rerun": False})
+            except KazooException:
+                self.strays.add(name)
+                raise
+            try:
+                if self.zk.exists(self._path("results", name)):
+                    self._remove(name, child)
+                    continue
+                self.finish(Item(name, data, [], child), {"result": "ABORTED", "detail": reason, "rerun": False})
+            except KazooException:
+                self.strays.add(name)
+                raise
             ended += 1
         return ended, running
 

@@ -67,3 +67,32 @@ def test_a_worker_recovers_from_lost_answers_to_its_lock_and_its_result(
     finally:
         procs.stop_all()
         proxy.stop()
+
+
+def test_a_cancel_whose_lock_answer_was_lost_ends_the_build_when_retried(zookeeper):
+    """The leader cancels superseded buildsets and retries on a ZooKeeper error; a lost answer to its
+    lock must not leave the queued build locked by the leader's session (never cancelled, never run)."""
+    from kazoo.client import KazooClient
+    from kazoo.exceptions import ConnectionLoss
+
+    from cislaves.coord.builds import BuildQueue
+
+    proxy = ZooKeeperProxy(zookeeper.hosts)
+    zk = KazooClient(hosts=proxy.hosts, timeout=10, connection_retry={"max_tries": -1, "delay": 0.05, "max_delay": 0.5})
+    zk.start(timeout=30)
+    try:
+        queue = BuildQueue(zk, "/lost-cancel")
+        queue.declare("event-1", ["unit"])
+        assert queue.submit("event-1", "unit", {"cloud": "local", "job": {"id": 1, "change": 5, "patchset": 1}})
+        proxy.lose_answer_to(b"/lost-cancel/locks/")
+        with pytest.raises(ConnectionLoss):
+            queue.cancel("event-1", "superseded by patch set 2")
+        assert len(proxy.lost) == 1
+        wait_for(lambda: zk.connected or None, "the client to reconnect", 30)
+        assert queue.cancel("event-1", "superseded by patch set 2") == (1, 0)  # ended here, none running
+        assert zk.get_children("/lost-cancel/queue") == [] and zk.get_children("/lost-cancel/locks") == []
+        assert queue.result("event-1", "unit")["result"] == "ABORTED"
+    finally:
+        zk.stop()
+        zk.close()
+        proxy.stop()
