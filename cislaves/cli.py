@@ -59,6 +59,8 @@ class Cislaves(Program):
         except Exit as exc:
             if exc.message:
                 print(exc.message, file=sys.stderr)
+            if exc.code == 0:  # --version, --list, --help: printed, nothing else to do
+                tasks.exit_now()
             sys.exit(exc.code)
 
     def parse_core(self, argv) -> None:
@@ -126,4 +128,5 @@ program = Cislaves(name="cislaves", binary="cislaves", binary_names=["cislaves"]
 
 def main() -> None:
     """The console script's entry point (pyproject.toml: cislaves = "cislaves.cli:main")."""
-    program.run()
+    program.run()  # an error or --help ends in sys.exit; a command that succeeded returns
+    tasks.exit_now()
