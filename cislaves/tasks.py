@@ -30,6 +30,8 @@ INSTANCE = "id of the instance to act on, when the state knows several (see `fab
 _REMAINDER: list[str] = []  # words after `--` (for `fab ssh -- CMD ARGS`)
 VERBOSITY = {"--verbose": 1, "-v": 1, "--quiet": -1, "-q": -1}  # global flags, before the first task
 _verbosity = [0]
+DEFAULT_GC = gc.get_threshold()  # the interpreter's (700, 10, 10), before an entry point changes them
+SHORT_LIVED_GC = (20_000, 50, 100)
 
 __all__ = ["help", "it", "up", "bootstrap", "tests", "create_image", "destroy", "down", "status", "ssh",
            "images", "cleanup", "validate", "rebake", "prune", "image_diff", "delete_image", "listen", "worker",
@@ -74,6 +76,7 @@ def install_fabric1_syntax() -> None:
     if getattr(original_tasks, "cislaves", False):
         return
     original_execute = program.execute
+    short_lived_start()
 
     def parse_tasks():
         argv = list(program.argv or [])
@@ -103,6 +106,14 @@ def install_fabric1_syntax() -> None:
 
     parse_tasks.cislaves = True
     program.parse_tasks, program.parse_cleanup, program.execute = parse_tasks, parse_cleanup, execute
+
+
+def short_lived_start() -> None:
+    """The collector's settings for a command's start-up, from the entry point on: the modules, classes
+    and SDK models it imports live until it ends, so collecting the youngest objects every 700 new
+    ones (and the older generations every 10 of those) is wasted work; a long-running task goes back
+    to the defaults (_long_lived)."""
+    gc.set_threshold(*SHORT_LIVED_GC)
 
 
 def exit_now(code: int = 0) -> None:
@@ -192,8 +203,14 @@ def _short_lived():
     (bench/ec2_vs_packer.py: the collector's time drops). No gc.freeze() at the end: with the GCE
     SDK loaded, a frozen heap made about half of the interpreter's exits crash (SIGSEGV, SIGABRT,
     SIGBUS) — tests/gce/test_gce_e2e.py::test_short_commands_exit_cleanly."""
-    gc.set_threshold(20_000, 50, 100)
+    gc.set_threshold(*SHORT_LIVED_GC)
     yield
+
+
+def _long_lived() -> None:
+    """A task that runs until it is stopped (the listener, a worker) collects with the interpreter's
+    default settings: its objects come and go."""
+    gc.set_threshold(*DEFAULT_GC)
 
 
 @task
@@ -382,6 +399,7 @@ def listen(c):
     """Runs the Gerrit third-party CI listener and its workers until SIGINT/SIGTERM."""
     from cislaves.ci import cli as ci_cli
 
+    _long_lived()
     with _one_line_errors():
         ci_cli.listen(_config())
 
@@ -392,6 +410,7 @@ def worker(c, concurrency=None, clouds=None):  # concurrency checked by coord.cl
     """Runs CI builds from ZooKeeper (ci.backend: zookeeper) until SIGINT/SIGTERM."""
     from cislaves.coord import cli as coord_cli
 
+    _long_lived()
     with _one_line_errors():
         coord_cli.worker(_config(), concurrency=1 if concurrency is None else concurrency, clouds=clouds)
 
