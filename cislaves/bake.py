@@ -296,8 +296,7 @@ def _it(s: Session, keep_on_error: bool) -> list[Image]:
         raise
     with shielded(), s.step("destroy"):
         s.cloud.destroy(instance)
-        s.state.remove(instance)
-        s.state.end_run(run_id)
+        s.state.remove(instance, end_run=run_id)
         forget_files(s, instance)
     log.info("%s it: done in %.2fs", s.label(), time.monotonic() - started)
     return made
