@@ -367,7 +367,7 @@ class LocalCloud(Cloud):
                        f"local machine {meta['id']}")
         host.unmount(self._dir(meta["id"]) / "root")
         if extra.get("token"):
-            host.remove_cgroups(extra["token"])
+            host.remove_cgroups(extra["token"], self.settings.destroy_timeout)
         if meta.get("state") != "creating":
             meta["state"] = "stopped"
         self._save(meta)
@@ -382,7 +382,7 @@ class LocalCloud(Cloud):
             removed.append(f"mount {folder / 'root'}")
         record = net.find_record(folder)
         if record:
-            if host.remove_cgroups(record["token"]):
+            if host.remove_cgroups(record["token"], self.settings.destroy_timeout):
                 removed.append(f"cgroup {host.CGROUP_PARENT}/{record['token']}")
             removed += net.teardown(record)
             net.release(record["token"])

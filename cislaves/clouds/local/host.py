@@ -72,8 +72,10 @@ def make_cgroups(name: str) -> list[Path]:
     return paths
 
 
-def remove_cgroups(name: str, timeout: float = 10) -> bool:
-    """Kill what still runs in the machine's cgroups (its own processes only), then remove them."""
+def remove_cgroups(name: str, timeout: float = 60) -> bool:
+    """Kill what still runs in the machine's cgroups (its own processes only), then remove them.
+    A SIGKILLed process leaves only once its kernel work ends (I/O in uninterruptible sleep on a loaded
+    host took over 10 s): the wait is the cloud's destroy_timeout, and its state names each process."""
     paths = [root / CGROUP_PARENT / name for root in cgroup_roots() if (root / CGROUP_PARENT / name).is_dir()]
 
     def empty() -> bool | Pending:
@@ -87,7 +89,8 @@ def remove_cgroups(name: str, timeout: float = 10) -> bool:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
                 left += pids
-        return Pending(f"{len(left)} process(es) left: {' '.join(map(str, left[:5]))}") if left else True
+        left = sorted(set(left))  # a process is listed in each hierarchy (cgroup2 and name=systemd)
+        return Pending(f"{len(left)} process(es) left: {', '.join(map(describe, left[:5]))}") if left else True
 
     if not paths:
         return False
@@ -106,6 +109,16 @@ def tool_cgroups() -> list[str]:
         if (root / CGROUP_PARENT).is_dir():
             names.update(p.name for p in (root / CGROUP_PARENT).iterdir() if p.is_dir())
     return sorted(names)
+
+
+def describe(pid: int) -> str:
+    """'1234 (sshd, state D)' from /proc (the state tells a zombie or a process stuck in the kernel)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return f"{pid} (gone)"
+    comm, _, rest = stat[stat.find("(") + 1:].rpartition(")")
+    return f"{pid} ({comm}, state {rest.split()[0] if rest.split() else '?'})"
 
 
 def cmdline(pid: int) -> list[str]:
