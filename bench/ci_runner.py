@@ -4,6 +4,8 @@
   2. event -> script start without one, next to the boot time               target <= boot + 2 s
   3. everything but the script: boot + workspace + collect + destroy        target <= 5 s
   4. 8 builds at once with max_instances {local: 8} (8 workers)
+  5. a newer patch set -> the older one's running build aborted and its instance gone   target <= 5 s
+     (tests/runner/test_control.py proves the abort with a generous deadline; the figure is here)
 
 "event" is the moment the fake Gerrit publishes patchset-created; "script start" is the time the
 script itself prints (the machines share the host's clock). The job's repository is fetched over the
@@ -28,8 +30,8 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from cislaves import bake, config as cfg  # noqa: E402
-from cislaves.ci import jobsettings  # noqa: E402
+from cislaves import bake, clouds, config as cfg  # noqa: E402
+from cislaves.ci import buildcli, jobsettings  # noqa: E402
 from cislaves.ci.builds import BuildStore, path_for  # noqa: E402
 from cislaves.ci.dispatcher import Service  # noqa: E402
 from cislaves.ci.pool import Runner  # noqa: E402
@@ -40,6 +42,7 @@ from cislaves.waiting import wait_for  # noqa: E402
 from tests.runner.gitgerrit import GitGerrit  # noqa: E402
 
 SCRIPT = "#!/bin/sh\necho \"script-start $(date +%s.%N)\"\n"
+SLEEPER = "#!/bin/sh\necho running\nsleep 600\n"
 
 
 class Bench:
@@ -50,6 +53,7 @@ class Bench:
         self.gerrit.repository("openstack/nova", {"README": "bench\n"})
         self.change = 1000
         (tmp / "trivial.sh").write_text(SCRIPT)
+        (tmp / "sleeper.sh").write_text(SLEEPER)
 
     def config(self, name: str, **ci):
         base = {"data_dir": str(self.tmp / "data"), "provision": {"package_set": "minimal"},
@@ -157,6 +161,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--only-parallel", action="store_true", help="only the 8-at-once figures")
+    parser.add_argument("--only-supersede", action="store_true", help="only the newer-patch-set abort figure")
     parser.add_argument("--cache-dir", default=os.environ.get("CISLAVES_TEST_CACHE", "/var/tmp/cislaves-test-cache"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(threadName)s %(message)s")
@@ -164,9 +169,12 @@ def main() -> int:
         bench = Bench(Path(tmp), args.cache_dir)
         try:
             bench.bake()
-            if not args.only_parallel:
+            if not (args.only_parallel or args.only_supersede):
                 sequential_figures(bench, args.runs)
-            parallel_figures(bench)
+            if not args.only_supersede:
+                parallel_figures(bench)
+            if not args.only_parallel:
+                supersede_figures(bench, args.runs)
         finally:
             bench.stop()
     print("(figures from a machine shared with other work: compare runs, not absolutes)")
@@ -208,6 +216,69 @@ def parallel_figures(bench: Bench) -> None:
           f"event, results {results}")
     print(f"   event -> script start: {figures(starts)}")
     print(f"   boot + workspace + collect + destroy: {figures(rest)}")
+
+
+def job_instances(config) -> list[str]:
+    cloud = clouds.get("local", config)
+    try:
+        return [i.id for i in cloud.list_instances() if i.tags.get("cislaves:role") == "job"]
+    finally:
+        cloud.close()
+
+
+def running_build(config, change: int, patchset: int):
+    """The build of change,patchset once its script printed `running` (else None)."""
+    store = BuildStore(path_for(queue_path(config, ci_settings(config))))
+    try:
+        builds = [b for b in store.recent() if (b.change, b.patchset, b.state) == (change, patchset, "running")]
+    finally:
+        store.close()
+    for build in builds:
+        output = log_dir_for(jobsettings.logs_dir(config, ci_settings(config)), build) / "job-output.txt"
+        if output.exists() and "| running\n" in output.read_text():
+            return build
+    return None
+
+
+def supersede_figures(bench: Bench, runs: int) -> None:
+    """Figure 5: patch set 2 published while patch set 1's script runs -> that build ABORTED and its
+    instance destroyed (the moment both are seen; polled every 20 ms)."""
+    config = bench.config("supersede", workers=2, jobs=[{"name": "sleeper", "run": "sleeper.sh", "cloud": "local",
+                                                         "distribution": "debian12"}])
+    service, runner = bench.listen(config)
+    latencies = []
+    try:
+        for _ in range(runs):
+            bench.change += 1
+            change = bench.change
+            bench.gerrit.upload_commit(change, {"a.py": "x = 1\n"})
+            first = wait_for(lambda: running_build(config, change, 1), f"change {change} patch set 1 running", 120,
+                             first_delay=0.02, max_delay=0.1)
+            [machine] = job_instances(config)
+            event = bench.gerrit.upload_commit(change, {"a.py": "x = 2\n"}, publish=False)
+            sent = time.monotonic()
+            bench.gerrit.publish(event)
+
+            def aborted():
+                store = BuildStore(path_for(queue_path(config, ci_settings(config))))
+                try:
+                    build = next(b for b in store.recent() if b.id == first.id)
+                finally:
+                    store.close()
+                return build if build.state == "finished" and machine not in job_instances(config) else None
+            build = wait_for(aborted, f"change {change} patch set 1 aborted, its instance gone", 120,
+                             first_delay=0.02, max_delay=0.02)
+            latencies.append(time.monotonic() - sent)
+            if build.result != "ABORTED":
+                raise SystemExit(f"build {build.id}: {build.result} ({build.detail}), expected ABORTED")
+            second = wait_for(lambda: running_build(config, change, 2), f"change {change} patch set 2 running",
+                              120, first_delay=0.02, max_delay=0.1)
+            buildcli.cancel(config, second.job_id)
+            wait_for(lambda: not job_instances(config), "the cancelled build's instance to go", 120)
+    finally:
+        service.stop(grace=30)
+        runner.stop()
+    print(f"5. newer patch set -> old build aborted, instance gone: {figures(latencies)}   target <= 5 s")
 
 
 if __name__ == "__main__":

@@ -79,7 +79,7 @@ def listener(gerrit):
         runner.start()
         service.start()
         started.append((service, runner))
-        wait_for(lambda: gerrit.stream_connections > before, "the listener to stream events", 15)
+        wait_for(lambda: gerrit.stream_connections > before, "the listener to stream events", 60)
         service.runner = runner
         return service
 

