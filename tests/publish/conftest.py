@@ -203,7 +203,7 @@ class Sshd:
         def listening():
             with socket.socket() as s:
                 return s.connect_ex(("127.0.0.1", self.port)) == 0 or Pending("port closed")
-        wait_answering(self.proc, self.base / "sshd.log", listening, f"sshd on 127.0.0.1:{self.port}", 20)
+        wait_answering(self.proc, self.base / "sshd.log", listening, f"sshd on 127.0.0.1:{self.port}", 60)
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

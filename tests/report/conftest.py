@@ -57,7 +57,7 @@ class Listener:
         self.metrics = metrics.serve(config, self.service)
         self.service.start()
         self.stopped = False
-        wait_for(lambda: gerrit.stream_connections > before, "the listener to stream events", 15)
+        wait_for(lambda: gerrit.stream_connections > before, "the listener to stream events", 60)
 
     def stop(self) -> None:
         if self.stopped:

@@ -135,7 +135,7 @@ def test_one_comment_over_ssh_with_links_email_and_metrics(make_config, listener
     assert_format(text, "Build succeeded (check).", expected_lines(log_server, builds))
     assert_links_resolve(text, builds)
     # the email: same lines and links, over STARTTLS with login
-    wait_for(lambda: smtp.messages or None, "the email", 30)
+    wait_for(lambda: smtp.messages or None, "the email", 60)
     [mail] = smtp.messages
     assert smtp.logins == ["ci"]
     assert mail["Subject"] == "acme-ci: succeeded: change 1077 patch set 1 (check, openstack/nova)"
@@ -160,17 +160,17 @@ def test_one_comment_over_ssh_with_links_email_and_metrics(make_config, listener
     # the stream down longer than stream_down_after: /healthz fails, then recovers
     gerrit.hold(True)
     gerrit.drop()
-    wait_for(lambda: scrape(running, "/healthz")[0] == 503 or None, "/healthz to fail", 20)
+    wait_for(lambda: scrape(running, "/healthz")[0] == 503 or None, "/healthz to fail", 60)
     assert samples(scrape(running)[1])[("cislaves_stream_up", ())] == 0
     gerrit.hold(False)
-    wait_for(lambda: scrape(running, "/healthz")[0] == 200 or None, "/healthz to recover", 20)
+    wait_for(lambda: scrape(running, "/healthz")[0] == 200 or None, "/healthz to recover", 60)
     assert samples(scrape(running)[1])[("cislaves_stream_reconnects_total", ())] >= 1
     # never a second comment: another round of the reporter, a restart
     passes = running.runner.reporter.passes
-    wait_for(lambda: running.runner.reporter.passes > passes + 1 or None, "two more rounds of the reporter", 10)
+    wait_for(lambda: running.runner.reporter.passes > passes + 1 or None, "two more rounds of the reporter", 60)
     running.stop()
     again = listener(config)
-    wait_for(lambda: again.runner.reporter.passes > 1 or None, "the restarted reporter's rounds", 10)
+    wait_for(lambda: again.runner.reporter.passes > 1 or None, "the restarted reporter's rounds", 60)
     assert len(gerrit.reviews) == 1 and len(smtp.messages) == 1
     with urllib.request.urlopen(f"{log_server.url}/", timeout=10) as answer:  # the status page
         page = answer.read().decode()
@@ -205,7 +205,7 @@ def test_silent_mode_publishes_and_comments_nothing(make_config, listener, gerri
     gerrit.upload_commit(3001, {"c.py": "z = 3\n"})
     builds, job_id = wait_reported(config, count=1, state="silent")
     passes = running.runner.reporter.passes
-    wait_for(lambda: running.runner.reporter.passes > passes + 1 or None, "two more rounds of the reporter", 10)
+    wait_for(lambda: running.runner.reporter.passes > passes + 1 or None, "two more rounds of the reporter", 60)
     assert gerrit.reviews == [] and rest_gerrit.reviews == []
     assert not any(c.startswith("gerrit review") for c in gerrit.commands)
     url = f"{log_server.url}/01/3001/1/check/unit/{builds['unit'].id}/job-output.txt"
@@ -222,7 +222,7 @@ def test_refused_reviews_are_retried_across_a_restart_and_sent_once(make_config,
     builds = wait_for_builds(config, 1)
     job_id = builds[0].job_id
     wait_for(lambda: (report_of(config, job_id) and report_of(config, job_id).attempts >= 2) or None,
-             "two failed report attempts", 30, describe=lambda: str(report_of(config, job_id)))
+             "two failed report attempts", 60, describe=lambda: str(report_of(config, job_id)))
     owed = report.unreported(config)
     assert len(owed) == 1 and owed[0].startswith(f"job {job_id}: not reported yet (")
     assert "internal server error" in owed[0]
@@ -231,10 +231,10 @@ def test_refused_reviews_are_retried_across_a_restart_and_sent_once(make_config,
     assert report_of(config, job_id).state == "pending" and gerrit.reviews == []
     gerrit.refuse = 2  # after the restart: two more refusals, then Gerrit accepts
     again = listener(config)
-    wait_for(lambda: gerrit.reviews or None, "the review after the restart", 30,
+    wait_for(lambda: gerrit.reviews or None, "the review after the restart", 60,
              describe=lambda: str(report_of(config, job_id)))
     passes = again.runner.reporter.passes
-    wait_for(lambda: again.runner.reporter.passes > passes + 1 or None, "two more rounds of the reporter", 10)
+    wait_for(lambda: again.runner.reporter.passes > passes + 1 or None, "two more rounds of the reporter", 60)
     [review] = gerrit.reviews
     assert "--label" not in review and review[-1] == "4004,1"
     assert review[5].startswith("Build succeeded (check).\n\n* unit ")
