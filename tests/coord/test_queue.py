@@ -52,26 +52,28 @@ def test_a_build_is_queued_once_and_run_by_one_worker_at_a_time(zk, zookeeper):
 def test_a_dead_workers_lock_goes_with_its_session_and_the_attempt_is_remembered(zk, zookeeper):
     queue = BuildQueue(zk, "/q2")
     queue.submit("k", "unit", {"cloud": "local", "job": {}})
-    dying = client(zookeeper.hosts, timeout=1.0)
+    # stop() below ends the session; a 1 s session could expire on a loaded machine before started()
+    dying = client(zookeeper.hosts, timeout=10.0)
     item = BuildQueue(dying, "/q2").take(None, worker_identity("dying"))
     BuildQueue(dying, "/q2").started(item, "build-a", worker_identity("dying"))
     assert queue.take(None, worker_identity("other")) is None
     dying.stop()  # the session ends: ZooKeeper removes its ephemeral lock
     dying.close()
-    again = wait_for(lambda: queue.take(None, worker_identity("other")), "the lock to go with the session", 30,
+    again = wait_for(lambda: queue.take(None, worker_identity("other")), "the lock to go with the session", 60,
                      first_delay=0.05, max_delay=0.2)
     assert again.attempts == ["build-a"]
 
 
 def test_zookeeper_restarted_keeps_queue_locks_and_results(zookeeper):
-    holder = client(zookeeper.hosts, timeout=20.0)
+    # the server's maxSessionTimeout: longer than a JVM restart on a loaded machine (20 s was not always)
+    holder = client(zookeeper.hosts, timeout=60.0)
     try:
         queue = BuildQueue(holder, "/q3")
         for n in range(5):
             queue.submit(f"k{n}", "unit", {"cloud": "local", "job": {}})
         item = queue.take(None, worker_identity("w"))
         zookeeper.restart()  # same data dir: the session survives a restart shorter than its timeout
-        wait_for(lambda: holder.connected or None, "the client to reconnect", 30, first_delay=0.05)
+        wait_for(lambda: holder.connected or None, "the client to reconnect", 60, first_delay=0.05)
         assert queue.holds(item)
         assert queue.finish(item, {"result": "SUCCESS"})
         pending, done = queue.listing()
