@@ -8,7 +8,9 @@ Each accepted connection is forwarded to the target by two pump threads. Faults,
 - `stall()`: the open connections stop forwarding in both directions and stay open (a half-open
   connection or a stalled middlebox: no FIN, no RST, nothing); new connections work;
 - `refuse()` / `refuse(False)`: stop listening (the kernel answers connection refused) and listen on
-  the same port again.
+  the same port again; meanwhile a socket bound to the port, never listening, keeps it ours (else any
+  connect() on the machine, the listener's own retries included, could take it as its source port and
+  the listen again fail with "address in use").
 Counters: `accepted`, `drops`, `server_bytes`.
 """
 from __future__ import annotations
@@ -33,6 +35,7 @@ class FaultProxy:
         self._drop_after: int | None = None
         self._listener: socket.socket | None = None
         self._frozen: list[_Link] = []
+        self._held: socket.socket | None = None  # the port, bound but not listening, while refused
         self._closed = False
 
     def start(self) -> "FaultProxy":
@@ -42,6 +45,7 @@ class FaultProxy:
     def stop(self) -> None:
         self._closed = True
         self._close_listener()
+        self._release_port()
         for link in self._take_links() + self._frozen:
             link.reset()
 
@@ -73,6 +77,11 @@ class FaultProxy:
         """Stop (or resume) listening on the proxy's port; open connections are not touched."""
         if refused:
             self._close_listener()
+            if self._held is None:
+                held = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                held.bind((self.host, self.port))  # no listen(): connections are refused
+                self._held = held
         else:
             self._listen()
 
@@ -88,7 +97,13 @@ class FaultProxy:
         sock.listen(16)
         self.port = sock.getsockname()[1]
         self._listener = sock
+        self._release_port()
         threading.Thread(target=self._accept, args=(sock,), name="proxy-accept", daemon=True).start()
+
+    def _release_port(self) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            held.close()
 
     def _close_listener(self) -> None:
         sock, self._listener = self._listener, None

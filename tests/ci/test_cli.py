@@ -143,11 +143,11 @@ def test_listen_runs_until_signal_and_stops_cleanly(gerrit, make_config, sig):
     config = make_config()
     proc = _listen(config.path)
     try:
-        wait_for(lambda: gerrit.streaming() > 0 or proc.poll() is not None, "the listener to connect", 20)
+        wait_for(lambda: gerrit.streaming() > 0 or proc.poll() is not None, "the listener to connect", 90)
         assert proc.poll() is None
         gerrit.upload(6001)
         wait_for(lambda: [j.state for j in job_rows(config)] == ["succeeded"],
-                 "the job to be run by the default work", 20)
+                 "the job to be run by the default work", 60)
     finally:
         code, err = stop_process(proc, sig)
     assert code == 0, err
@@ -163,15 +163,15 @@ def test_listen_crash_then_restart_reruns_running_job(gerrit, make_config, servi
     proc = subprocess.Popen([sys.executable, "-c", blocking, str(config.path)], cwd=REPO,
                             env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE)
     try:
-        wait_for(lambda: gerrit.streaming() > 0 or proc.poll() is not None, "the listener to connect", 20)
+        wait_for(lambda: gerrit.streaming() > 0 or proc.poll() is not None, "the listener to connect", 90)
         gerrit.upload(6100)
-        wait_for(lambda: [j.state for j in job_rows(config)] == ["running"], "the job to be running", 20)
+        wait_for(lambda: [j.state for j in job_rows(config)] == ["running"], "the job to be running", 60)
     finally:
         proc.kill()
         proc.communicate(timeout=30)
     ran = []
     service = service_for(config, lambda job, stop: ran.append(job.change))
-    wait_for(lambda: ran == [6100], "the interrupted job to run again", 20)
+    wait_for(lambda: ran == [6100], "the interrupted job to run again", 60)
     assert service.stats.started == 1
 
 
@@ -179,7 +179,7 @@ def test_second_listener_on_the_same_queue_is_refused(gerrit, make_config):
     config = make_config()
     proc = _listen(config.path)
     try:
-        wait_for(lambda: gerrit.streaming() > 0 or proc.poll() is not None, "the listener to connect", 20)
+        wait_for(lambda: gerrit.streaming() > 0 or proc.poll() is not None, "the listener to connect", 90)
         with pytest.raises(ConfigError, match="another listener is already using"):
             cli.listen(config)
     finally:

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import threading
-import time
 
+from cislaves.ci import dispatcher
 from cislaves.clouds.base import wait_for
 from tests.ci.helpers import job_rows
 
@@ -155,7 +155,7 @@ def test_restart_runs_queued_and_running_jobs(gerrit, make_config, service_for):
     for change in (4000, 4001, 4002):
         gerrit.upload(change)
     wait_for(lambda: len(first.running) == 1 and sum(j.state == "queued" for j in job_rows(config)) == 2,
-             "one running and two queued jobs", 10, describe=lambda: [j.state for j in job_rows(config)])
+             "one running and two queued jobs", 60, describe=lambda: [j.state for j in job_rows(config)])
     service.stop(grace=0)
     assert sorted(j.state for j in job_rows(config)) == ["queued"] * 3 and first.ran == []
     second = Recorder()
@@ -181,12 +181,14 @@ def test_changes_missed_while_stopped_are_caught_up_on_restart(gerrit, make_conf
         (4100, "comment-added"), (4100, "patchset-created"), (4101, "patchset-created")]
 
 
-def test_idle_worker_starts_a_job_quickly(gerrit, make_config, service_for):
+def test_idle_worker_is_woken_by_a_new_job(gerrit, make_config, service_for, monkeypatch):
+    """An idle worker starts a new job because the dispatcher wakes it, not because it looks at the queue
+    again: its own look-again interval is an hour here, so only the wake-up can start the job within the
+    deadline. (How quickly: bench/ci_latency.py prints event -> job start, target p99 <= 20 ms.)"""
+    monkeypatch.setattr(dispatcher, "POLL", 3600.0)
     config = make_config()
-    started = {}
-    service = service_for(config, lambda job, stopping: started.setdefault(job.change, time.monotonic()))
+    started = threading.Event()
+    service = service_for(config, lambda job, stopping: started.set())
     connected(gerrit, service)
-    sent = time.monotonic()
     gerrit.upload(4200)
-    wait_for(lambda: 4200 in started, "the job to start", 10)
-    assert started[4200] - sent < 2.0
+    wait_for(started.is_set, "the job to start", 120)
