@@ -108,14 +108,14 @@ def test_a_second_builder_waits_for_the_first_and_does_not_build_again(tmp_path)
         inode = (cache / f".{image_id}.lock").stat().st_ino
         wait_for(lambda: any("->" in line and f":{inode} " in line
                              for line in Path("/proc/locks").read_text().splitlines()),
-                 "the second builder to block on the build lock", 10)
+                 "the second builder to block on the build lock", 60)
         (cache / image_id / "rootfs").mkdir(parents=True)
         (cache / image_id / "meta.json").write_text(json.dumps({"id": image_id, "layers": [image_id]}))
     finally:
         holder.stdin.close()
         holder.wait()
         holder.stdout.close()
-    waiter.join(10)
+    waiter.join(60)
     assert result["image"].id == image_id
     assert not list(cache.glob(".build-*"))
 
@@ -123,7 +123,7 @@ def test_a_second_builder_waits_for_the_first_and_does_not_build_again(tmp_path)
 def test_a_reused_pid_is_never_signalled():
     sleeper = subprocess.Popen(["sleep", "60"])
     try:
-        wait_for(lambda: host.cmdline(sleeper.pid)[0] == "sleep", "sleep to be exec'd", 10)
+        wait_for(lambda: host.cmdline(sleeper.pid)[0] == "sleep", "sleep to be exec'd", 60)
         proc = {"pid": sleeper.pid, "start": host.start_time(sleeper.pid)}
         assert host.alive(proc, "sleep")
         stale = dict(proc, start=proc["start"] - 1)  # same pid, another process's start time
