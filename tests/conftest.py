@@ -1,6 +1,7 @@
 """Shared test setup. Fixtures for local-cloud machines live in tests/fixtures_local.py."""
 import os
 import shutil
+import signal
 import sys
 
 import pytest
@@ -29,3 +30,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "root" in item.keywords:
             item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture
+def ctrl_c():
+    """SIGINT raises KeyboardInterrupt in the tests' process, as a Ctrl-C at a terminal does, for a test
+    that sends itself one: a pytest started as a shell's background job inherits SIGINT ignored, and
+    that test would then wait in vain (restored after the test)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)

@@ -64,6 +64,7 @@ def test_refused_launch_removes_key_pair_and_security_group(proxy, make_cloud, c
     assert left(spec.run_id) == []
 
 
+@pytest.mark.usefixtures("ctrl_c")
 def test_sigint_while_waiting_for_the_instance_removes_everything(proxy, make_cloud, centos7, tmp_path, left):
     cloud = make_cloud(proxy.url)
     spec = make_spec(cloud, centos7, tmp_path / "keys")
@@ -76,6 +77,7 @@ def test_sigint_while_waiting_for_the_instance_removes_everything(proxy, make_cl
 
 
 @pytest.mark.parametrize("event", ["DescribeImages:pending", "CreateImage"])
+@pytest.mark.usefixtures("ctrl_c")
 def test_sigint_during_the_image_wait_removes_the_unfinished_image(proxy, make_cloud, centos7, tmp_path, left,
                                                                    event):
     """SIGINT while the image is pending, or before CreateImage's answer arrives (its id unknown)."""
@@ -146,6 +148,7 @@ def test_an_instance_that_dies_while_launching_is_an_error_and_leaves_nothing(pr
     assert left(spec.run_id) == []
 
 
+@pytest.mark.usefixtures("ctrl_c")
 def test_sigint_before_a_copy_answers_removes_that_copy(proxy, make_cloud, centos7, tmp_path, left):
     cloud = make_cloud(proxy.url, copy_regions=["eu-west-1"])
     spec, image = image_of_new_instance(cloud, centos7, tmp_path / "keys", "cislaves-copy-sigint")

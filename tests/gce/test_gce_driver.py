@@ -263,7 +263,7 @@ def test_a_suspended_instance_is_resumed_and_stopped_for_imaging(gce_cloud, gce_
     def suspend():  # as `gcloud compute instances suspend` does
         with fake.lock:
             fake.instance_action(PROJECT, ZONE, instance.id, "suspend")
-        wait_for(lambda: fake.snapshot()["instances"][0]["status"] == "SUSPENDED", "SUSPENDED", 10)
+        wait_for(lambda: fake.snapshot()["instances"][0]["status"] == "SUSPENDED", "SUSPENDED", 60)
 
     spec = make_spec(gce_cloud, debian12_gce, tmp_path / "keys")
     instance = gce_cloud.launch(spec)

@@ -83,6 +83,7 @@ def test_an_operation_that_never_ends_times_out_and_the_instance_is_removed(make
     assert_nothing_left(gce_server.fake, tmp_path / "keys")
 
 
+@pytest.mark.usefixtures("ctrl_c")
 def test_ctrl_c_during_launch_leaves_nothing(make_gce, gce_server, debian12_gce, tmp_path):
     fake = gce_server.fake
     fake.inject("instances.insert", hang=True)
@@ -91,7 +92,7 @@ def test_ctrl_c_during_launch_leaves_nothing(make_gce, gce_server, debian12_gce,
     main = threading.get_ident()
 
     def interrupt():
-        wait_for(lambda: fake.snapshot()["instances"] or None, "the instance to exist", 10)
+        wait_for(lambda: fake.snapshot()["instances"] or None, "the instance to exist", 60)
         signal.pthread_kill(main, signal.SIGINT)
 
     thread = threading.Thread(target=interrupt)
@@ -217,7 +218,7 @@ def test_the_fake_keeps_gce_rules(gce_server):
                    "initializeParams": {"sourceImage": "projects/debian-cloud/global/images/family/debian-12"}}]})
     assert op["status"] == "PENDING"
     wait_for(lambda: fake.get_operation(op["name"], "europe-west1-b")["status"] == "DONE" or fake.advance(),
-             "the insert", 5)
+             "the insert", 60)
     with pytest.raises(ApiError, match="already being used by"):
         fake.insert_image(PROJECT, {"name": "img", "sourceDisk": "zones/europe-west1-b/disks/vm"})
     with pytest.raises(ApiError, match="Invalid value for field 'resource.labels'"):

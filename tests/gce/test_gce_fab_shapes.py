@@ -128,7 +128,7 @@ def test_a_suspended_instance_is_resumed_not_started(gce_server, gce_fab_env):
     (raw,) = instances(fake)
     with fake.lock:  # as `gcloud compute instances suspend` does
         fake.instance_action(PROJECT, ZONE, raw["name"], "suspend")
-    wait_for(lambda: instances(fake)[0]["status"] == "SUSPENDED", "the instance to be SUSPENDED", 10)
+    wait_for(lambda: instances(fake)[0]["status"] == "SUSPENDED", "the instance to be SUSPENDED", 60)
     result = up(env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"Started {raw['name']}" in result.stdout
