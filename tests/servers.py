@@ -19,6 +19,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def held_port(port: int = 0) -> socket.socket | None:
+    """A socket bound to 127.0.0.1:`port` (0: a free one) that never listens, or None if the port cannot
+    be bound now. While it is open, connections to the port are refused and no other connect() or bind()
+    on the machine takes the port (free_port's gap, and a restart's), yet a server that sets SO_REUSEADDR
+    on its listening socket (sshd, ZooKeeper) binds and listens on it: close it once the server answers."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(("127.0.0.1", port))
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
 def wait_answering(proc: subprocess.Popen, log: Path, answers: Callable[[], Any], what: str, timeout: float,
                    **options) -> Any:
     """wait_for(answers, what, timeout, **options), raising RuntimeError with the log's last 2000

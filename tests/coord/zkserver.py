@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 from cislaves.waiting import Pending
-from tests.servers import free_port, wait_answering
+from tests.servers import held_port, wait_answering
 
 JARS = "/usr/share/java/zookeeper.jar"
 
@@ -28,7 +28,8 @@ def available() -> str | None:
 class ZooKeeperServer:
     def __init__(self, folder: Path):
         self.folder = folder
-        self.port = free_port()
+        self._held = held_port()  # the port stays ours until ZooKeeper listens on it (and across restarts)
+        self.port = self._held.getsockname()[1]
         self.data = folder / "data"
         self.data.mkdir(parents=True, exist_ok=True)
         self.cfg = folder / "zoo.cfg"
@@ -49,9 +50,17 @@ class ZooKeeperServer:
              f"-Dzookeeper.log.dir={self.folder}", "org.apache.zookeeper.server.quorum.QuorumPeerMain",
              str(self.cfg)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
-        wait_answering(self.proc, self.folder / "zookeeper.log", self._ruok,
-                       f"ZooKeeper on {self.hosts} to answer ruok", 60, first_delay=0.05, max_delay=0.2)
+        try:
+            wait_answering(self.proc, self.folder / "zookeeper.log", self._ruok,
+                           f"ZooKeeper on {self.hosts} to answer ruok", 60, first_delay=0.05, max_delay=0.2)
+        finally:
+            self._release()
         return self
+
+    def _release(self) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            held.close()
 
     def _ruok(self):
         try:
@@ -67,7 +76,9 @@ class ZooKeeperServer:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(30)
         self.proc = None
+        self._release()
 
     def restart(self) -> None:
         self.stop()
+        self._held = held_port(self.port)  # else the clients' reconnects could take it as a source port
         self.start()

@@ -26,7 +26,7 @@ from cislaves.ci.queue import Job
 from cislaves.ci.settings import ci_settings, queue_path
 from cislaves.keys import generate_keypair
 from cislaves.waiting import Pending
-from tests.servers import free_port, wait_answering
+from tests.servers import held_port, wait_answering
 
 HOSTILE = "<script>alert('x')</script> & \"quoted\" $(touch /tmp/pwned) `id`"
 
@@ -186,7 +186,8 @@ class Sshd:
         self.key = self.key_dir / "id_ed25519"
         public = generate_keypair(self.key)
         (base / "authorized_keys").write_text(public + "\n")
-        self.port = free_port()
+        self._held = held_port()  # the port stays ours until sshd listens on it
+        self.port = self._held.getsockname()[1]
         self.known_hosts = base / "known_hosts"
         self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {(base / 'host_ed25519.pub').read_text()}")
         (base / "sshd_config").write_text(
@@ -203,7 +204,10 @@ class Sshd:
         def listening():
             with socket.socket() as s:
                 return s.connect_ex(("127.0.0.1", self.port)) == 0 or Pending("port closed")
-        wait_answering(self.proc, self.base / "sshd.log", listening, f"sshd on 127.0.0.1:{self.port}", 60)
+        try:
+            wait_answering(self.proc, self.base / "sshd.log", listening, f"sshd on 127.0.0.1:{self.port}", 60)
+        finally:
+            self._held.close()
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
