@@ -4,20 +4,32 @@ host's CPU split; prints the figures.
 1. EC2 on moto (127.0.0.1, in this process): one target, then eight targets (eight regions) at
    `parallel: 8`; each target's SSH steps reach a local-cloud machine of its own through ssh_host,
    and each image is validated (a second EC2 instance on the same machine, the checks again).
-   a. fresh machines: the minimal package set is installed from the Debian mirror;
-   b. machines provisioned once already (an untimed rebake first): the SSH steps are the same
-      real minimal-set work (apt-get update, every package found installed, the checks, the package
-      list), which is light. This is the figure for the issue's 1.5x target: on a cloud each target's
-      provisioning runs on its own instance, here eight machines share this host's two cores with the
-      tool, so fresh provisioning measures the host's cores, not the tool.
+   a. fresh machines: the minimal package set is installed from the Debian mirror. On a cloud each target's provisioning runs on its own instance; here eight machines share this
+      host's two cores with the tool, so fresh provisioning measures the host's cores, not the tool.
+   b. machines provisioned once already (an untimed rebake first): the same rebake again. Its SSH
+      steps are real minimal-set work, but not light: the script's last step deletes apt's lists, so
+      every rebake runs `apt-get update` against the Debian mirror (15 MB of indexes parsed) and
+      `dist-upgrade`, about 3.5 cpu-s per machine, all on this host's two cores.
+   c. light remote work ("what the tool itself adds when eight bakes overlap; the provisioning's own
+      CPU, which a cloud runs on the instances, kept off this host"): machines provisioned once as in
+      b, then their apt sources pointed at a Debian repository where nothing changed since: its
+      Packages lists the machines' installed packages at their installed versions (from their dpkg
+      status), unsigned (`[trusted=yes]` in the sources entry), served over HTTP by the benchmark on
+      each machine's host-side address (these machines are launched with `isolate: false` so they
+      can reach it). The same `fab rebake` then runs the same debian12 script over SSH for real:
+      `apt-get update` downloads and parses that index, `dist-upgrade` finds nothing newer, every
+      package is found installed, the checks and the validation run; a rebake against a near mirror
+      where nothing changed. The benchmark fails unless every machine's apt fetched the Release and
+      the Packages during the timed run, and the rebake passed. This is the figure for the issue's 1.5x target.
 2. The local cloud: one target, then four in parallel (the machines are the bakes': fresh).
 For every run: wall, each target's steps (start and duration from the first line), and the host's CPU
 seconds split into fab (the tool: its process and children, in a cgroup of its own), moto (this
-process), the machines (their cgroups: sshd, apt, the checks) and the rest of the host (kernel, other
-people's work), against the 2 x wall the cores offered. The machine is shared: the load average is printed with each figure.
+process), the machines (their cgroups: sshd, apt, the checks), in c the repository server (a child
+process of the benchmark) and the rest of the host (kernel, other people's work), against the 2 x wall the cores offered. The machine is shared: the load average is printed with each figure.
 
 Run as root from the repository root:
-  .venv/bin/python bench/rebake.py [--skip-ec2] [--skip-fresh] [--skip-local] [--timeline]
+  .venv/bin/python bench/rebake.py [--skip-ec2] [--skip-fresh] [--skip-provisioned] [--skip-light]
+                                   [--skip-local] [--timeline] [--dump DIR [--profile]]
 """
 from __future__ import annotations
 
@@ -48,7 +60,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache-dir", default=os.environ.get("CISLAVES_TEST_CACHE", "/var/tmp/cislaves-test-cache"))
     parser.add_argument("--skip-ec2", action="store_true")
-    parser.add_argument("--skip-fresh", action="store_true", help="EC2: only the provisioned-machines figure")
+    parser.add_argument("--skip-fresh", action="store_true", help="EC2: no fresh-machines figure")
+    parser.add_argument("--skip-provisioned", action="store_true", help="EC2: no provisioned-machines figure")
+    parser.add_argument("--skip-light", action="store_true", help="EC2: no light-remote-work figure")
     parser.add_argument("--skip-local", action="store_true")
     parser.add_argument("--timeline", action="store_true", help="print every target's steps")
     parser.add_argument("--dump", type=Path, help="write each run's output lines, timestamped, into this folder "
@@ -69,6 +83,10 @@ def main() -> int:
         host_config.write_text(yaml.safe_dump({"data_dir": str(tmp / "host-data"),
                                                "clouds": {"local": {"cache_dir": args.cache_dir}}}))
         local = clouds.get("local", config_mod.load(host_config, environ={}))
+        open_config = tmp / "host-open.yaml"  # the same data dir; machines that can reach the host
+        open_config.write_text(yaml.safe_dump({"data_dir": str(tmp / "host-data"), "clouds": {
+            "local": {"cache_dir": args.cache_dir, "isolate": False}}}))
+        local_open = clouds.get("local", config_mod.load(open_config, environ={}))
         debian12 = distros.get("debian12")
         ci_key = generate_keypair(tmp / "ci-key", comment="jenkins@bench")
         bench = Bench(ci_key, args.timeline, args.dump, args.profile)
@@ -81,10 +99,20 @@ def main() -> int:
                         one = bench.ec2(tmp / "ec2-1", url, local, debian12, 1)
                         eight = bench.ec2(tmp / "ec2-8", url, local, debian12, 8)
                         figures += ratio("ec2 (moto), SSH to fresh local machines: 8 at parallel 8", eight, one)
-                    one = bench.ec2(tmp / "ec2-1b", url, local, debian12, 1, reprovision=True)
-                    eight = bench.ec2(tmp / "ec2-8b", url, local, debian12, 8, reprovision=True)
-                    figures += ratio("ec2 (moto), SSH to provisioned local machines: 8 at parallel 8",
-                                     eight, one, target=1.5)
+                    if not args.skip_provisioned:
+                        one = bench.ec2(tmp / "ec2-1b", url, local, debian12, 1, reprovision=True)
+                        eight = bench.ec2(tmp / "ec2-8b", url, local, debian12, 8, reprovision=True)
+                        figures += ratio("ec2 (moto), SSH to provisioned local machines (each rebake's apt "
+                                         "work against the Debian mirror, on this host's cores): 8 at "
+                                         "parallel 8", eight, one, target=1.5)
+                    if not args.skip_light:
+                        one = bench.ec2(tmp / "ec2-1c", url, local_open, debian12, 1, reprovision=True, light=True)
+                        eight = bench.ec2(tmp / "ec2-8c", url, local_open, debian12, 8, reprovision=True,
+                                          light=True)
+                        figures += ratio("ec2 (moto), light remote work (what the tool itself adds when eight "
+                                         "bakes overlap; the provisioning's own CPU, which a cloud runs on the "
+                                         "instances, kept off this host: provisioned machines, apt against an "
+                                         "unchanged mirror on the host): 8 at parallel 8", eight, one, target=1.5)
             if not args.skip_local:
                 one = bench.local(tmp / "local-1", args.cache_dir, 1)
                 four = bench.local(tmp / "local-4", args.cache_dir, 4)
@@ -141,7 +169,10 @@ def ratio(what: str, many: Run, one: Run, target: float | None = None) -> list[s
              f"{x:.2f}x{verdict}",
              f"  CPU seconds, {many.targets} vs 1: fab {many.cpu['fab']:.1f} vs {one.cpu['fab']:.1f}, moto "
              f"{many.cpu['moto']:.1f} vs {one.cpu['moto']:.1f}, machines {many.cpu['machines']:.1f} vs "
-             f"{one.cpu['machines']:.1f}, rest of the host {many.cpu['rest']:.1f} vs {one.cpu['rest']:.1f}; the "
+             f"{one.cpu['machines']:.1f}, "
+             + (f"repository server {many.cpu['repository']:.2f} vs {one.cpu['repository']:.2f}, "
+                if "repository" in many.cpu else "")
+             + f"rest of the host {many.cpu['rest']:.1f} vs {one.cpu['rest']:.1f}; the "
              f"{many.targets}'s own work needs {many.floor:.1f}s of this host's cores = {many.floor / one.wall:.2f}x one"]
     if target is not None:
         # On a cloud the machines' CPU is the instances' own: what the host must add for the other
@@ -161,9 +192,11 @@ class Bench:
         self.dump = dump
         self.profile = profile and dump is not None
 
-    def ec2(self, folder: Path, url, local, debian12, count: int, reprovision: bool = False) -> Run:
+    def ec2(self, folder: Path, url, local, debian12, count: int, reprovision: bool = False,
+            light: bool = False) -> Run:
         """A rebake of `count` EC2 targets, each SSHing to a machine of its own (reprovision: the
-        machines get an untimed rebake first)."""
+        machines get an untimed rebake first; light: then their apt source is an unchanged mirror
+        this benchmark serves, see the module's 1c)."""
         from cislaves.records import LaunchSpec, new_run_id, standard_tags
 
         machines = []
@@ -182,8 +215,20 @@ class Bench:
             tokens = lambda: {m.extra["token"] for m in machines}  # noqa: E731
             if reprovision:
                 self.run(folder / "warm-up", targets, clouds_section, count, tokens, quiet=True)
-            return self.run(folder, targets, clouds_section, count, tokens,
-                            title=f"ec2, {count} target(s), {'provisioned' if reprovision else 'fresh'} machines")
+            kind = "provisioned" if reprovision else "fresh"
+            if not light:
+                return self.run(folder, targets, clouds_section, count, tokens, title=f"ec2, {count} target(s), "
+                                f"{kind} machines")
+            status = ssh_root(machines[0], "cat /var/lib/dpkg/status")  # all alike: one image, one script
+            with UnchangedMirror(folder / "repository", [m.extra["host_ip"] for m in machines], status) as repo:
+                for machine in machines:
+                    repo.point(machine)
+                repo.requests.clear()  # the timed rebake's own fetches only
+                run = self.run(folder, targets, clouds_section, count, tokens, mirror=repo,
+                               title=f"ec2, {count} target(s), light remote work (provisioned machines, apt "
+                               f"against an unchanged mirror of their {repo.packages} packages on the host)")
+                repo.check_fetched(machines)
+                return run
         finally:
             for machine in machines:
                 local.destroy(machine)
@@ -204,7 +249,7 @@ class Bench:
                         title=f"local, {count} target(s)")
 
     def run(self, folder: Path, targets, clouds_section, parallel: int, tokens, title: str = "",
-            quiet: bool = False) -> Run:
+            quiet: bool = False, mirror: UnchangedMirror | None = None) -> Run:
         folder.mkdir(parents=True, exist_ok=True)
         config = {"data_dir": str(folder / "data"), "provision": {"package_set": "minimal"},
                   "ci_user": {"authorized_key": self.ci_key}, "clouds": clouds_section,
@@ -217,6 +262,7 @@ class Bench:
         machines = MachineCPU(tokens)
         lines: list[tuple[float, str]] = []
         host_before, self_before = host_busy(), self_cpu()
+        mirror_before = mirror.cpu() if mirror else 0.0
         started = time.monotonic()
         # fab in a cgroup of its own: its CPU and its children's (a local bake's mount, cp, ip...), but
         # not the machines' (the local cloud moves each machine into a cgroup of its own), even the
@@ -250,8 +296,10 @@ class Bench:
         with contextlib.suppress(OSError):  # a child of fab still running in it: the group stays
             tool.rmdir()
         moto = self_cpu() - self_before
-        result.cpu = {"fab": fab, "moto": moto, "machines": machine_cpu,
-                      "rest": max(0.0, host - fab - moto - machine_cpu)}
+        result.cpu = {"fab": fab, "moto": moto, "machines": machine_cpu}
+        if mirror:
+            result.cpu["repository"] = mirror.cpu() - mirror_before
+        result.cpu["rest"] = max(0.0, host - sum(result.cpu.values()))
         text = "\n".join(line for _, line in lines)
         if self.dump:
             self.dump.mkdir(parents=True, exist_ok=True)
@@ -265,6 +313,121 @@ class Bench:
             for line in result.lines(self.timeline):
                 print(line, flush=True)
         return result
+
+
+class UnchangedMirror:
+    """A Debian repository where nothing changed since the machines were provisioned: suite bookworm,
+    component main, its Packages the machines' installed packages at their installed versions (their
+    dpkg status records, less the local fields), a Release listing it; served over HTTP by a child
+    process on each given host address (a machine's host-side end of its veth), unsigned
+    (`[trusted=yes]` in the machines' sources). A provisioned machine's `apt-get update` then
+    downloads and parses a real index, and `dist-upgrade` finds every package at its candidate
+    version: real apt work, light. Each request is logged (client, path, status) so the benchmark can
+    tell that every machine's apt really fetched it."""
+
+    SERVER = r"""
+import http.server, sys, threading
+root, addresses = sys.argv[1], sys.argv[2:]
+out = sys.stdout
+class Handler(http.server.SimpleHTTPRequestHandler):
+    def __init__(self, *a, **k):
+        super().__init__(*a, directory=root, **k)
+    def log_message(self, fmt, *args):
+        pass
+    def log_request(self, code="-", size="-"):
+        out.write(f"request {self.client_address[0]} {self.path} {int(code)}\n")  # one write: threads
+        out.flush()
+servers = [http.server.ThreadingHTTPServer((address, 0), Handler) for address in addresses]
+for address, server in zip(addresses, servers):
+    print(f"listening {address} {server.server_address[1]}", flush=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+sys.stdin.read()  # until the benchmark closes our stdin
+"""
+    LOCAL_FIELDS = ("Status", "Conffiles", "Config-Version")  # dpkg's own, not an index's
+
+    def __init__(self, folder: Path, addresses: list[str], dpkg_status: str):
+        import hashlib
+        from email.utils import formatdate
+
+        self.arch = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True,
+                                   check=True).stdout.strip()
+        stanzas = []
+        for stanza in re.split(r"\n\s*\n", dpkg_status.strip()):
+            if not re.search(r"^Status: install ok installed$", stanza, re.M):
+                continue
+            # drop the local fields with their continuation lines
+            kept = re.sub(rf"^(?:{'|'.join(self.LOCAL_FIELDS)}):.*(?:\n[ \t].*)*\n?", "", stanza + "\n", flags=re.M)
+            stanzas.append(kept.rstrip("\n"))
+        self.packages = len(stanzas)
+        index = folder / "dists" / "bookworm" / "main" / f"binary-{self.arch}" / "Packages"
+        index.parent.mkdir(parents=True)
+        data = ("\n\n".join(stanzas) + "\n").encode()
+        index.write_bytes(data)
+        self.index_path = "/" + index.relative_to(folder).as_posix()
+        name = index.relative_to(folder / "dists" / "bookworm").as_posix()
+        (folder / "dists" / "bookworm" / "Release").write_text(
+            f"Origin: cislaves-bench\nLabel: cislaves-bench\nSuite: bookworm\nCodename: bookworm\n"
+            f"Date: {formatdate(usegmt=True)}\nArchitectures: {self.arch}\nComponents: main\n"
+            f"MD5Sum:\n {hashlib.md5(data).hexdigest()} {len(data)} {name}\n"
+            f"SHA256:\n {hashlib.sha256(data).hexdigest()} {len(data)} {name}\n")
+        self.folder = folder
+        self.addresses = addresses
+        self.ports: dict[str, int] = {}
+        self.requests: list[tuple[str, str, int]] = []
+
+    def __enter__(self) -> "UnchangedMirror":
+        self.proc = subprocess.Popen([sys.executable, "-c", self.SERVER, str(self.folder), *self.addresses],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for _ in self.addresses:  # each server prints its port once it listens (EOF: it failed)
+            line = self.proc.stdout.readline().split()
+            if not line:
+                self.__exit__()
+                raise SystemExit("unchanged mirror: its server did not start")
+            self.ports[line[1]] = int(line[2])
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.proc.stdin.close()  # the server's signal to end
+        self.proc.wait()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            words = line.split()
+            if len(words) == 4 and words[0] == "request":
+                self.requests.append((words[1], words[2], int(words[3])))
+
+    def point(self, machine) -> None:
+        """Make the repository the machine's only apt source (the machine is the benchmark's and is
+        destroyed after the run)."""
+        host = machine.extra["host_ip"]
+        entry = f"deb [trusted=yes] http://{host}:{self.ports[host]}/ bookworm main"
+        ssh_root(machine, "set -e; rm -f /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; "
+                 f"printf '%s\\n' '{entry}' >/etc/apt/sources.list")
+
+    def check_fetched(self, machines) -> None:
+        """Every machine's apt fetched the Release and the Packages (status 200) in the timed run."""
+        wanted = {"/dists/bookworm/Release", self.index_path}
+        for machine in machines:
+            got = {path for client, path, code in self.requests if client == machine.address and code == 200}
+            if not wanted <= got:
+                seen = [r for r in self.requests if r[0] == machine.address]
+                raise SystemExit(f"unchanged mirror: machine {machine.address} fetched {seen}, not "
+                                 f"{sorted(wanted)}: its apt did not run against the repository")
+
+    def cpu(self) -> float:
+        """The server's CPU seconds so far (/proc/<pid>/stat utime + stime)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def ssh_root(machine, script: str) -> str:
+    """Run a shell script as root on a benchmark machine; its output."""
+    return subprocess.run(["ssh", "-i", str(machine.key_file), "-p", str(machine.port), "-o", "BatchMode=yes",
+                           "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o",
+                           "LogLevel=ERROR", f"root@{machine.address}", script], check=True,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True).stdout
 
 
 def timeline(lines: list[tuple[float, str]]) -> dict[str, list[tuple[str, float, float]]]:
