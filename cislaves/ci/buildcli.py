@@ -13,7 +13,7 @@ from pathlib import Path
 from cislaves.ci import builds as store_mod
 from cislaves.ci.builds import BuildStore
 from cislaves.ci.queue import JobQueue
-from cislaves.ci.settings import ci_settings, queue_path
+from cislaves.ci.settings import ci_settings, queue_path, uses_zookeeper
 from cislaves.errors import ConfigError
 
 HEADER = ["JOB", "RESULT", "DURATION", "LOGS"]
@@ -39,13 +39,10 @@ def cancel(config, job: int | str) -> str:
     """Abort queued job N: cancel it if it waits, stop its builds if they run; one line saying which."""
     job_id = _job_id(job)
     ci = ci_settings(config)
-    if ci.backend != "local":
-        from cislaves.coord.settings import uses_zookeeper
+    if uses_zookeeper(config, ci):  # the builds run on workers: cancel them through ZooKeeper
+        from cislaves.coord import cli as coord_cli
 
-        if uses_zookeeper(config, ci):  # the builds run on workers: cancel them through ZooKeeper
-            from cislaves.coord import cli as coord_cli
-
-            return coord_cli.cancel(config, job_id)
+        return coord_cli.cancel(config, job_id)
     path = queue_path(config, ci)
     if not path.exists():
         raise ConfigError(f"job {job_id}: no queue at {path}")

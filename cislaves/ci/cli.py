@@ -16,7 +16,7 @@ from pathlib import Path
 from cislaves.ci import events as ev
 from cislaves.ci.dispatcher import Service, Work
 from cislaves.ci.queue import JobQueue
-from cislaves.ci.settings import ci_settings, gerrit_settings, queue_path
+from cislaves.ci.settings import ci_settings, gerrit_settings, queue_path, uses_zookeeper
 from cislaves.ci.stream import Gerrit
 from cislaves.config import Config
 from cislaves.errors import ConfigError, GerritError
@@ -34,7 +34,7 @@ def listen(config: Config, work: Work | None = None) -> None:
     """
     gerrit, ci = gerrit_settings(config), ci_settings(config)
     path = queue_path(config, ci)
-    if work is None and _zookeeper(config, ci):  # elected leader, builds into ZooKeeper's queue
+    if work is None and uses_zookeeper(config, ci):  # elected leader, builds into ZooKeeper's queue
         from cislaves.coord import election
 
         return election.listen(config, gerrit, ci, path, _exclusive)
@@ -77,8 +77,9 @@ def listen(config: Config, work: Work | None = None) -> None:
 
 def jobs(config: Config, limit: int = 200) -> list[str]:
     """The queue as printable lines: id, state, change, patch set, project, trigger, age; newest first."""
-    path = queue_path(config, ci_settings(config))
-    if _zookeeper(config, ci_settings(config)):
+    ci = ci_settings(config)
+    path = queue_path(config, ci)
+    if uses_zookeeper(config, ci):
         from cislaves.coord import cli as coord_cli
 
         return coord_cli.jobs(config, limit)
@@ -106,15 +107,6 @@ def jobs(config: Config, limit: int = 200) -> list[str]:
 
     lines += [printable(line) for line in report.unreported(config)]
     return lines
-
-
-def _zookeeper(config: Config, ci) -> bool:
-    """ci.backend: zookeeper (checked: it needs the zookeeper section)."""
-    if ci.backend == "local":
-        return False
-    from cislaves.coord.settings import uses_zookeeper
-
-    return uses_zookeeper(config, ci)
 
 
 def printable(text: str) -> str:

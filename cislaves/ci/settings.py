@@ -143,6 +143,19 @@ def ci_settings(config: Config) -> CISettings:
     return config.section("ci", CISettings)
 
 
+def uses_zookeeper(config: Config, ci: CISettings | None = None) -> bool:
+    """True for `ci.backend: zookeeper` (which needs the zookeeper section); cislaves.coord is imported
+    only then."""
+    ci = ci or ci_settings(config)
+    if ci.backend != "zookeeper":
+        return False
+    from cislaves.coord.settings import zookeeper_settings
+
+    if zookeeper_settings(config) is None:
+        raise ConfigError(f"{config.where}: ci.backend: zookeeper needs a zookeeper section (hosts)")
+    return True
+
+
 def queue_path(config: Config, settings: CISettings) -> Path:
     """Where the job queue lives: ci.queue, else <data_dir>/ci/queue.sqlite."""
     return config.relative(settings.queue) if settings.queue else config.data_dir / "ci" / "queue.sqlite"

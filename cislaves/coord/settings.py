@@ -41,18 +41,6 @@ def zookeeper_settings(config) -> ZooKeeperSettings | None:
     return settings
 
 
-def uses_zookeeper(config, ci=None) -> bool:
-    """True for `ci.backend: zookeeper` (which needs the zookeeper section)."""
-    from cislaves.ci.settings import ci_settings
-
-    ci = ci or ci_settings(config)
-    if ci.backend != "zookeeper":
-        return False
-    if zookeeper_settings(config) is None:
-        raise ConfigError(f"{config.where}: ci.backend: zookeeper needs a zookeeper section (hosts)")
-    return True
-
-
 def connect(settings: ZooKeeperSettings, timeout: float = 30.0):
     """A started KazooClient (kazoo is the `[zookeeper]` extra); a ZooKeeper that does not answer
     within `timeout` is one line naming the hosts."""

@@ -371,9 +371,13 @@ def _lock(data_dir: Path):
 def _remote(config, rebake_id: str):
     if not config.raw.get("zookeeper"):
         return None
-    from cislaves.coord import rebakes, settings as zk_settings
+    from cislaves.ci.settings import uses_zookeeper
 
-    return rebakes.Remote(config, rebake_id) if zk_settings.uses_zookeeper(config) else None
+    if not uses_zookeeper(config):
+        return None
+    from cislaves.coord import rebakes
+
+    return rebakes.Remote(config, rebake_id)
 
 
 def _rebake_lock(config):

@@ -112,17 +112,16 @@ def test_the_rebake_lock_is_one_across_hosts(tmp_path, zookeeper):
 
 
 def test_settings(tmp_path, zookeeper):
-    from cislaves.ci.cli import _zookeeper
-    from cislaves.ci.settings import ci_settings
+    from cislaves.ci.settings import ci_settings, uses_zookeeper
 
     plain = tmp_path / "plain.yaml"
     plain.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "d")}))
     config = cfg.load(plain, environ={})
-    assert ci_settings(config).backend == "local" and not _zookeeper(config, ci_settings(config))
+    assert ci_settings(config).backend == "local" and not uses_zookeeper(config, ci_settings(config))
     plain.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "d"), "ci": {"backend": "zookeeper"}}))
     config = cfg.load(plain, environ={})
     with pytest.raises(ConfigError, match="ci.backend: zookeeper needs a zookeeper section"):
-        _zookeeper(config, ci_settings(config))
+        uses_zookeeper(config, ci_settings(config))
     plain.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "d"), "zookeeper": {"hosts": "a b"}}))
     from cislaves.coord.settings import zookeeper_settings
 
