@@ -112,7 +112,9 @@ def short_lived_start() -> None:
     """The collector's settings for a command's start-up, from the entry point on: the modules, classes
     and SDK models it imports live until it ends, so collecting the youngest objects every 700 new
     ones (and the older generations every 10 of those) is wasted work; a long-running task goes back
-    to the defaults (_long_lived)."""
+    to the defaults (_long_lived). No gc.freeze() at the end: with the GCE SDK loaded, a frozen heap
+    made about half of the interpreter's exits crash (SIGSEGV, SIGABRT, SIGBUS) —
+    tests/gce/test_gce_e2e.py::test_short_commands_exit_cleanly."""
     gc.set_threshold(*SHORT_LIVED_GC)
 
 
@@ -186,25 +188,13 @@ def _config():
 @contextlib.contextmanager
 def _session(cloud=None, distribution=None):
     """Load config and open a Session for one cloud."""
-    with _one_line_errors(), _short_lived(), remote.kept_connections():  # the steps share SSH connections
+    with _one_line_errors(), remote.kept_connections():  # the steps share SSH connections
         session = bake.Session(_config(), cloud, distribution,
                                out=lambda line: print(line, flush=True))
         try:
             yield session
         finally:
             session.close()
-
-
-@contextlib.contextmanager
-def _short_lived():
-    """The collector's settings for one short command (not the long-running listener), whose objects
-    mostly live until it ends (modules, an SDK's service model): collect the youngest cycles after
-    20,000 new objects instead of 700, the older ones after 50 of those collections instead of 10
-    (bench/ec2_vs_packer.py: the collector's time drops). No gc.freeze() at the end: with the GCE
-    SDK loaded, a frozen heap made about half of the interpreter's exits crash (SIGSEGV, SIGABRT,
-    SIGBUS) — tests/gce/test_gce_e2e.py::test_short_commands_exit_cleanly."""
-    gc.set_threshold(*SHORT_LIVED_GC)
-    yield
 
 
 def _long_lived() -> None:
