@@ -23,6 +23,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -105,21 +106,34 @@ class BuildQueue:
             if clouds is None or cloud in clouds:
                 entries.append((sequence, name, child))
         for _, name, child in sorted(entries):
-            try:
-                self.zk.create(self._path("locks", name), json.dumps(worker).encode(), ephemeral=True)
-            except NodeExistsError:
-                continue  # another worker runs it
-            except KazooException:
-                self.strays.add(name)
-                raise
-            try:
-                item = self._claimed(name, child)
-            except KazooException:
-                self.strays.add(name)
-                raise
+            with self._locked(name, worker) as ours:
+                item = self._claimed(name, child) if ours else None  # not ours: another worker runs it
             if item is not None:
                 return item
         return None
+
+    @contextlib.contextmanager
+    def _locked(self, name: str, holder: dict[str, Any]):
+        """Create item `name`'s lock (ephemeral, `holder` as its data) for the block, which gets True, or
+        False when another session holds it. A ZooKeeper error at the create or inside the block makes
+        the item a stray (see __init__): the error propagates, release_strays removes the lock later."""
+        try:
+            self.zk.create(self._path("locks", name), json.dumps(holder).encode(), ephemeral=True)
+        except NodeExistsError:
+            created = False
+        except KazooException:
+            self.strays.add(name)
+            raise
+        else:
+            created = True
+        if not created:
+            yield False
+            return
+        try:
+            yield True
+        except KazooException:
+            self.strays.add(name)
+            raise
 
     def _claimed(self, name: str, child: str) -> Item | None:
         """The item whose lock was just created, or None when it is not to run (its lock then released)."""
@@ -183,23 +197,15 @@ class BuildQueue:
                 continue
             if data.get("key") != key:
                 continue
-            try:
-                self.zk.create(self._path("locks", name), json.dumps(me).encode(), ephemeral=True)
-            except NodeExistsError:
-                running += 1
-                continue
-            except KazooException:
-                self.strays.add(name)
-                raise
-            try:
-                if self.zk.exists(self._path("results", name)):
+            with self._locked(name, me) as ours:
+                if not ours:  # its worker runs it
+                    running += 1
+                elif self.zk.exists(self._path("results", name)):
                     self._remove(name, child)
-                    continue
-                self.finish(Item(name, data, [], child), {"result": "ABORTED", "detail": reason, "rerun": False})
-            except KazooException:
-                self.strays.add(name)
-                raise
-            ended += 1
+                else:
+                    self.finish(Item(name, data, [], child), {"result": "ABORTED", "detail": reason,
+                                                              "rerun": False})
+                    ended += 1
         return ended, running
 
     def older_patch_sets(self, change: int, patchset: int) -> set[str]:

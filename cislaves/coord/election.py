@@ -54,18 +54,11 @@ class Submitter:
         for spec in wanted:
             data = {"voting": spec.voting, "cloud": spec.cloud or self.config.defaults.cloud,
                     "job": dataclasses.asdict(job)}
-            while True:
-                if stopping.is_set():
-                    raise Interrupted("the listener stopped leading before the job was submitted")
-                try:
-                    new += self.queue.submit(job.key, spec.name, data)
-                    break
-                except KazooException as exc:
-                    log.info("job %d: ZooKeeper unavailable (%s); retrying", job.id, type(exc).__name__)
-                    self.connected.wait(0.5)
+            new += self._retry(lambda: self.queue.submit(job.key, spec.name, data), job, stopping)
         return "succeeded", f"submitted {new} build(s) to ZooKeeper ({len(wanted) - new} already queued)"
 
-    def _retry(self, call, job, stopping) -> None:
+    def _retry(self, call, job, stopping):
+        """`call()`'s return, retried while ZooKeeper is unavailable, until the listener stops leading."""
         while True:
             if stopping.is_set():
                 raise Interrupted("the listener stopped leading before the job was submitted")
