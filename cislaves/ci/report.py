@@ -285,6 +285,38 @@ class ReporterThread:
     def _loop(self) -> None:
         raise NotImplementedError
 
+    def _retry_in(self, attempts: int) -> float:
+        """Seconds until a failed report is tried again after `attempts` failures: doubling from
+        ci.report_backoff_first, at most ci.report_backoff_max."""
+        return min(self.ci.report_backoff_max, self.ci.report_backoff_first * 2 ** min(attempts - 1, 30))
+
+    def _comment(self, shown: list[Build], urls: dict[str, str], what: str) -> tuple[str, str | None]:
+        """A buildset's one comment with its vote (none in silent mode): (its report's state, "reported"
+        or "silent"; the message, for the email). `what` names the buildset in log lines."""
+        text = message(self.ci, shown, urls)
+        value = vote(self.ci, shown)
+        first = shown[0]
+        if self.ci.report is False:
+            log.info("%s: published; not commented (ci.report: false)", what)
+            return "silent", text
+        labels = {self.ci.label: value} if value is not None else {}
+        (send_rest if self.ci.report == "rest" else send_ssh)(self.gerrit, first, text, labels)
+        self.sent += 1
+        log.info("%s: reported on change %d patch set %d%s", what, first.change, first.patchset,
+                 f" ({self.ci.label} {value:+d})" if value is not None else "")
+        return "reported", text
+
+    def _email(self, shown: list[Build], text: str | None, what: str) -> None:
+        """The buildset's email, if ci.email is set (silent mode too); a failure never touches the report."""
+        if self.ci.email is None:
+            return
+        from cislaves.ci import email
+
+        try:  # email.send logs its own failures
+            email.send(self.ci.email, self.ci, shown, text, succeeded(shown))
+        except Exception:
+            log.exception("%s: email", what)
+
 
 class Reporter(ReporterThread):
     """The thread that owes Gerrit its comments (see the module docstring)."""
@@ -352,7 +384,7 @@ class Reporter(ReporterThread):
                 reports.update(report, state="failed", attempts=attempts, error=text)
                 log.error("job %d: report given up after %d attempts: %s", report.job_id, attempts, text)
                 return
-            delay = min(self.ci.report_backoff_max, self.ci.report_backoff_first * 2 ** min(attempts - 1, 30))
+            delay = self._retry_in(attempts)
             reports.update(report, attempts=attempts, error=text, next_try=time.time() + delay)
             log.warning("job %d: report failed (attempt %d, again in %.0fs): %s", report.job_id, attempts,
                         delay, text)
@@ -367,29 +399,10 @@ class Reporter(ReporterThread):
             if build.id not in urls and build.log_dir:
                 urls[build.id] = self.publisher.publish_build(Path(build.log_dir))
                 reports.update(report, urls=urls)
-        text = message(self.ci, shown, urls)
-        value = vote(self.ci, shown)
-        labels = {self.ci.label: value} if value is not None else {}
-        first = shown[0]
-        if self.ci.report is False:
-            reports.finish(report, "silent", builds)
-            log.info("job %d: published; not commented (ci.report: false)", report.job_id)
-        else:
-            if self.ci.report == "rest":
-                send_rest(self.gerrit, first, text, labels)
-            else:
-                send_ssh(self.gerrit, first, text, labels)
-            reports.finish(report, "reported", builds)
-            self.sent += 1
-            log.info("job %d: reported on change %d patch set %d%s", report.job_id, first.change,
-                     first.patchset, f" ({self.ci.label} {value:+d})" if value is not None else "")
-        if self.ci.email is not None:
-            from cislaves.ci import email
-
-            try:  # email.send logs its own failures; whatever else happens never touches the report
-                email.send(self.ci.email, self.ci, shown, text, succeeded(shown))
-            except Exception:
-                log.exception("job %d: email", report.job_id)
+        what = f"job {report.job_id}"
+        state, text = self._comment(shown, urls, what)
+        reports.finish(report, state, builds)  # before the email: the comment is never sent twice
+        self._email(shown, text, what)
 
     def _status(self, store: BuildStore) -> None:
         row = store.db.execute("SELECT count(*), max(created), max(started), max(finished), "

@@ -107,7 +107,7 @@ class ZKReporter(report_mod.ReporterThread):
         except Exception as exc:
             text = str(exc) if isinstance(exc, CislavesError) else f"{type(exc).__name__}: {exc}"
             attempts = owed.get("attempts", 0) + 1
-            delay = min(self.ci.report_backoff_max, self.ci.report_backoff_first * 2 ** min(attempts - 1, 30))
+            delay = self._retry_in(attempts)
             given_up = time.time() - owed.get("created", time.time()) > report_mod.GIVE_UP
             owed.update(attempts=attempts, error=text, next_try=time.time() + delay,
                         state="failed" if given_up else "owed")
@@ -127,22 +127,8 @@ class ZKReporter(report_mod.ReporterThread):
         shown = [b for b in builds if b.result != "ABORTED"]
         if not shown:
             return "skipped"
-        if self.ci.report is False:
-            return "silent"
-        text = report_mod.message(self.ci, shown, urls)
-        value = report_mod.vote(self.ci, shown)
-        labels = {self.ci.label: value} if value is not None else {}
-        send = report_mod.send_rest if self.ci.report == "rest" else report_mod.send_ssh
-        send(self.gerrit, shown[0], text, labels)
-        self.sent += 1
-        log.info("buildset of change %d patch set %d: reported%s", shown[0].change, shown[0].patchset,
-                 f" ({self.ci.label} {value:+d})" if value is not None else "")
-        if self.ci.email is not None:
-            from cislaves.ci import email
-
-            try:
-                email.send(self.ci.email, self.ci, shown, text, report_mod.succeeded(shown))
-            except Exception:
-                log.exception("buildset %s: email", key)
-        return "reported"
+        what = f"buildset {buildset_name(key)}"
+        state, text = self._comment(shown, urls, what)
+        self._email(shown, text, what)
+        return state
 
