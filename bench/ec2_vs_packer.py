@@ -18,7 +18,8 @@ Also printed: CPU seconds of each bake (user + system of the tool and its reaped
 reports them: all of the bake, provisioning included; far steadier than wall times when the shared
 machine is loaded), peak resident memory of each (the largest process, as `time -v` reports it, and the
 whole process tree sampled every 10 ms: Packer runs its builder and provisioner as plugin processes),
-EC2 requests per bake, cislaves' start-up (spawn to its first log line), steps and exit (its
+EC2 requests per bake, a floor (the `fab` program's own start and the bake's 18 EC2 requests sent by
+botocore alone, bench/ec2_floor.py: what the overhead costs before any cislaves code), cislaves' start-up (spawn to its first log line), steps and exit (its
 "it: done" line to exit), the `tests` step alone (the minimal package set's checks), and `fab -l`.
 Needs root (the local machine) and Packer (Debian's `packer` package, 1.6.6; CHECKPOINT_DISABLE=1
 keeps it off the network). The proxy answers with TCP_NODELAY: with Nagle's algorithm its two-write
@@ -114,7 +115,8 @@ def main() -> int:
                 for bake in order:
                     runs.append(bake())
                     print(row(runs[-1]), flush=True)
-            report(runs, fab_list_times())
+            floors = [bench.floor() for _ in range(args.runs)]
+            report(runs, fab_list_times(), floors)
         finally:
             if local is not None:
                 if machine is not None:
@@ -196,6 +198,31 @@ class Bench:
         parts = {"start-up": first_arrival(done.lines, "up: started"), **steps,
                  "exit": done.wall - first_arrival(done.lines, "it: done")}
         return done.run(steps["bootstrap"] + steps["tests"], parts)
+
+    def floor(self) -> dict[str, float]:
+        """What the parts cislaves cannot do without cost at the least, each timed alone: the `fab` program's
+        own start (Fabric, invoke and paramiko imported, `fab --version`: no fabfile is read), the
+        interpreter's start (`python -c pass`, counted in both of the others), and the bake's 18 EC2
+        requests sent by botocore alone (bench/ec2_floor.py) to the same proxy and moto."""
+        models = sorted((self.tmp / "data" / "botocore").glob("*/ec2"))
+        if not models:
+            raise SystemExit("no trimmed EC2 model under the bench's data dir: the cislaves warm-up did not make one")
+        env = {**os.environ, "AWS_ENDPOINT_URL_EC2": self.proxy.url, "AWS_REGION": REGION}
+        python = str(FAB.parent / "python")
+        commands = {"fab --version": [str(FAB), "--version"], "python": [python, "-c", "pass"],
+                    "requests": [python, str(REPO / "bench" / "ec2_floor.py"), str(models[-1].parent), REGION,
+                                 COPY_REGION, KEY_PAIR]}
+        walls = {}
+        for name, argv in commands.items():
+            before = len(self.proxy.actions)
+            started = time.monotonic()
+            subprocess.run(argv, cwd=self.tmp, env=env, stdout=subprocess.DEVNULL, check=True)
+            walls[name] = time.monotonic() - started
+            if name == "requests" and len(self.proxy.actions) - before != 18:
+                raise SystemExit(f"bench/ec2_floor.py sent {len(self.proxy.actions) - before} requests, not 18")
+        self._remove_images()
+        walls["floor"] = walls["fab --version"] + walls["requests"] - walls["python"]
+        return walls
 
     def _spawn(self, tool: str, argv: list[str], env: dict, cwd: Path) -> "Done":
         """Run one bake; the time each output line arrived, wall time, peak memory; its AMIs removed after."""
@@ -325,7 +352,7 @@ def spread(values: list[float], unit: str = "s", digits: int = 2) -> str:
             f"max {max(values):.{digits}f})")
 
 
-def report(runs: list[Run], fab_list: list[float]) -> None:
+def report(runs: list[Run], fab_list: list[float], floors: list[dict[str, float]]) -> None:
     by_tool = {tool: [r for r in runs if r.tool == tool] for tool in ("packer", "cislaves", "baseline")}
     by_tool = {tool: mine for tool, mine in by_tool.items() if mine}
     print(f"\n{len(by_tool['cislaves'])} runs each, alternating; debian12 minimal + a trivial script, 1 copy region")
@@ -344,6 +371,14 @@ def report(runs: list[Run], fab_list: list[float]) -> None:
     ratio = (statistics.median([r.overhead for r in by_tool["cislaves"]])
              / statistics.median([r.overhead for r in by_tool["packer"]]))
     print(f"ratio of median overheads, cislaves / packer: {ratio:.2f} (target <= 1.00)")
+    packer = statistics.median([r.overhead for r in by_tool["packer"]])
+    floor = statistics.median([f["floor"] for f in floors])
+    print(f"floor of cislaves' overhead (timed alone, {len(floors)} runs, medians): `fab --version` "
+          f"{statistics.median([f['fab --version'] for f in floors]):.2f}s + the bake's 18 EC2 requests by botocore "
+          f"alone {statistics.median([f['requests'] for f in floors]):.2f}s - one interpreter start "
+          f"{statistics.median([f['python'] for f in floors]):.2f}s = {floor:.2f}s: "
+          f"{floor / packer:.2f}x Packer's overhead before cislaves' own code runs a line "
+          f"(cislaves' overhead is {ratio * packer - floor:.2f}s above it)")
     if "baseline" in by_tool:
         before = (statistics.median([r.overhead for r in by_tool["baseline"]])
                   / statistics.median([r.overhead for r in by_tool["packer"]]))
