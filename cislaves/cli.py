@@ -129,5 +129,6 @@ program = Cislaves(name="cislaves", binary="cislaves", binary_names=["cislaves"]
 def main() -> None:
     """The console script's entry point (pyproject.toml: cislaves = "cislaves.cli:main")."""
     tasks.short_lived_start()
+    tasks.guard_output()
     program.run()  # an error or --help ends in sys.exit; a command that succeeded returns
     tasks.exit_now()

@@ -77,6 +77,7 @@ def install_fabric1_syntax() -> None:
         return
     original_execute = program.execute
     short_lived_start()
+    guard_output()
 
     def parse_tasks():
         argv = list(program.argv or [])
@@ -118,6 +119,62 @@ def short_lived_start() -> None:
     gc.set_threshold(*SHORT_LIVED_GC)
 
 
+class _ReaderSafe:
+    """A command's sys.stdout or sys.stderr whose writes cannot end the command. When the reader of
+    its pipe has gone (`fab -l | head -1`, `fab it ... | head`), what is left to write goes to
+    /dev/null instead of raising BrokenPipeError in whatever printed — a print inside a bake's
+    cleanup, or invoke's thread that copies a remote command's output, used to end the command with a
+    traceback. The command runs to its own end (a bake still cleans up and records its image) and
+    exits with its own status; only output nobody reads is lost. Any other write error (a full disk
+    under `> file`) does the same, is said once in one line on the other stream, and makes a command
+    that otherwise succeeded exit 1 (exit_now). Everything else is the wrapped stream's."""
+
+    failed: list[str] = []  # what went wrong writing, for the exit status
+
+    def __init__(self, stream, name: str):
+        self._stream, self._name = stream, name
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+    def write(self, text):
+        return self._guarded(self._stream.write, text)
+
+    def writelines(self, lines):
+        return self._guarded(self._stream.writelines, lines)
+
+    def flush(self):
+        return self._guarded(self._stream.flush)
+
+    def _guarded(self, operation, *args):
+        try:
+            return operation(*args)
+        except OSError as exc:
+            fd = self._stream.fileno()
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(devnull, fd)  # the same file descriptor, now a sink
+            finally:
+                os.close(devnull)
+            if not isinstance(exc, BrokenPipeError):
+                _ReaderSafe.failed.append(self._name)
+                with contextlib.suppress(OSError):
+                    os.write(2 if fd != 2 else 1, f"error: writing {self._name} failed: {exc.strerror}; "
+                                                  f"the rest of it is dropped\n".encode())
+            return operation(*args)  # what the buffer still held, and this text, go there
+
+
+def guard_output() -> None:
+    """Make a closed pipe on stdout or stderr lose output, not the command (_ReaderSafe); only in the
+    process run as the `fab` or `cislaves` console script (a test runner's own streams stay as they are)."""
+    if not _run_as_command():
+        return
+    for name, said in (("stdout", "standard output"), ("stderr", "standard error")):
+        stream = getattr(sys, name)
+        if stream is not None and not isinstance(stream, _ReaderSafe):
+            setattr(sys, name, _ReaderSafe(stream, said))
+
+
 def exit_now(code: int = 0) -> None:
     """End the process of a command whose tasks all succeeded as the interpreter would, minus its
     teardown: freeing every module and object took 0.07 s of a bake (bench/ec2_vs_packer.py's exit).
@@ -137,7 +194,7 @@ def exit_now(code: int = 0) -> None:
         return
     atexit._run_exitfuncs()  # the handlers run once: the interpreter does not run them again
     if _flushed():
-        os._exit(code)
+        os._exit(code or (exitcodes.FAILURE if _ReaderSafe.failed else 0))
 
 
 def _flushed() -> bool:

@@ -153,6 +153,28 @@ def test_it_bakes_an_image_that_boots_and_leaves_nothing(bake_env):
     assert tool_leftovers(bake_env.data_dir) == []
 
 
+def test_a_bake_whose_reader_went_away_finishes_records_its_image_and_leaves_nothing(bake_env):
+    """`fab it ... | head -1`: the rest of the output has nowhere to go. The bake still runs to its end
+    (its output dropped), records its image and exits 0; before, the first print after the reader left
+    (invoke's thread copying the script's output) ended the bake with a traceback."""
+    import os
+
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        result = subprocess.run(["fab", "it:cloud=local,distribution=debian12"], cwd=REPO, env={**_os_env(), **bake_env()},
+                                stdout=write, stderr=subprocess.PIPE, text=True, timeout=900, stdin=subprocess.DEVNULL)
+    finally:
+        os.close(write)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr
+    assert re.search(r"\[local/debian12\] it: done in", result.stderr)
+    manifest = json.loads((bake_env.data_dir / "manifest.json").read_text())
+    assert manifest_mod.records(manifest)[-1]["distribution"] == "debian12"
+    assert state_instances(bake_env.data_dir) == {}
+    assert tool_leftovers(bake_env.data_dir) == []
+
+
 def test_a_bake_from_a_worker_thread_succeeds(bake_env):
     """The signal policy lives at the command boundary (the fabfile): the pipeline installs no signal
     handler, so it runs in a worker thread as the CI runner will call it. (When bake.up installed
