@@ -71,7 +71,7 @@ def main() -> int:
     parser.add_argument("--skip-local", action="store_true")
     parser.add_argument("--timeline", action="store_true", help="print every target's steps")
     parser.add_argument("--dump", type=Path, help="write each run's output lines, timestamped, into this folder "
-                        "(and, with --profile, a py-spy profile of fab: its sampling takes CPU too)")
+                        "(and, with --profile, a py-spy profile of fab: the thread holding the GIL, i.e. fab's Python CPU; its sampling takes CPU too)")
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -287,7 +287,7 @@ class Bench:
         if self.profile and not quiet:
             self.dump.mkdir(parents=True, exist_ok=True)
             spy = subprocess.Popen([str(REPO / ".venv" / "bin" / "py-spy"), "record", "--pid", str(proc.pid), "--format", "raw", "-r", "200",
-                                    "-o", str(self.dump / f"{folder.name}.pyspy"), "--nonblocking", "--threads"],
+                                    "-o", str(self.dump / f"{folder.name}.pyspy"), "--nonblocking", "--threads", "--gil"],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _, status, _ = os.wait4(proc.pid, 0)
         if spy is not None:
