@@ -19,7 +19,8 @@ reports them: all of the bake, provisioning included; far steadier than wall tim
 machine is loaded), peak resident memory of each (the largest process, as `time -v` reports it, and the
 whole process tree sampled every 10 ms: Packer runs its builder and provisioner as plugin processes),
 EC2 requests per bake, a floor (the `fab` program's own start and the bake's 18 EC2 requests sent by
-botocore alone, bench/ec2_floor.py: what the overhead costs before any cislaves code), cislaves' start-up (spawn to its first log line), steps and exit (its
+botocore alone, bench/ec2_floor.py: what the overhead costs before any cislaves code), cislaves'
+start-up (spawn to its first log line), steps and exit (its
 "it: done" line to exit), the `tests` step alone (the minimal package set's checks), and `fab -l`.
 Needs root (the local machine) and Packer (Debian's `packer` package, 1.6.6; CHECKPOINT_DISABLE=1
 keeps it off the network). The proxy answers with TCP_NODELAY: with Nagle's algorithm its two-write
@@ -368,20 +369,19 @@ def report(runs: list[Run], fab_list: list[float], floors: list[dict[str, float]
         names = list(mine[0].parts)
         print("  parts (median s): " + ", ".join(
             f"{n} {statistics.median([r.parts[n] for r in mine]):.2f}" for n in names))
-    ratio = (statistics.median([r.overhead for r in by_tool["cislaves"]])
-             / statistics.median([r.overhead for r in by_tool["packer"]]))
-    print(f"ratio of median overheads, cislaves / packer: {ratio:.2f} (target <= 1.00)")
     packer = statistics.median([r.overhead for r in by_tool["packer"]])
+    cislaves = statistics.median([r.overhead for r in by_tool["cislaves"]])
+    ratio = cislaves / packer
+    print(f"ratio of median overheads, cislaves / packer: {ratio:.2f} (target <= 1.00)")
     floor = statistics.median([f["floor"] for f in floors])
     print(f"floor of cislaves' overhead (timed alone, {len(floors)} runs, medians): `fab --version` "
           f"{statistics.median([f['fab --version'] for f in floors]):.2f}s + the bake's 18 EC2 requests by botocore "
           f"alone {statistics.median([f['requests'] for f in floors]):.2f}s - one interpreter start "
           f"{statistics.median([f['python'] for f in floors]):.2f}s = {floor:.2f}s: "
           f"{floor / packer:.2f}x Packer's overhead before cislaves' own code runs a line "
-          f"(cislaves' overhead is {ratio * packer - floor:.2f}s above it)")
+          f"(cislaves' overhead is {cislaves - floor:.2f}s above it)")
     if "baseline" in by_tool:
-        before = (statistics.median([r.overhead for r in by_tool["baseline"]])
-                  / statistics.median([r.overhead for r in by_tool["packer"]]))
+        before = statistics.median([r.overhead for r in by_tool["baseline"]]) / packer
         print(f"baseline (the --baseline revision): ratio {before:.2f}, peak memory "
               f"{statistics.median([r.rss for r in by_tool['baseline']]):.0f} MiB")
     print(f"cislaves peak memory: median {statistics.median([r.rss for r in by_tool['cislaves']]):.0f} MiB "

@@ -71,7 +71,8 @@ def main() -> int:
     parser.add_argument("--skip-local", action="store_true")
     parser.add_argument("--timeline", action="store_true", help="print every target's steps")
     parser.add_argument("--dump", type=Path, help="write each run's output lines, timestamped, into this folder "
-                        "(and, with --profile, a py-spy profile of fab: the thread holding the GIL, i.e. fab's Python CPU; its sampling takes CPU too)")
+                        "(and, with --profile, a py-spy profile of fab: the thread holding the GIL, i.e. fab's "
+                        "Python CPU; its sampling takes CPU too)")
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
     if os.geteuid() != 0:

@@ -129,7 +129,7 @@ class _ReaderSafe:
     under `> file`) does the same, is said once in one line on the other stream, and makes a command
     that otherwise succeeded exit 1 (exit_now). Everything else is the wrapped stream's."""
 
-    failed: list[str] = []  # what went wrong writing, for the exit status
+    failed = False  # a write failed for another reason than a gone reader: the exit status says so
 
     def __init__(self, stream, name: str):
         self._stream, self._name = stream, name
@@ -157,7 +157,7 @@ class _ReaderSafe:
             finally:
                 os.close(devnull)
             if not isinstance(exc, BrokenPipeError):
-                _ReaderSafe.failed.append(self._name)
+                _ReaderSafe.failed = True
                 with contextlib.suppress(OSError):
                     os.write(2 if fd != 2 else 1, f"error: writing {self._name} failed: {exc.strerror}; "
                                                   f"the rest of it is dropped\n".encode())

@@ -24,3 +24,11 @@ def cislaves(*args: str, env: dict[str, str] | None = None, timeout: float = 600
     full_env.update(env or {})
     return subprocess.run(["cislaves", *args], cwd=REPO, env=full_env, capture_output=True, text=True,
                           timeout=timeout, stdin=subprocess.DEVNULL, **kwargs)
+
+
+def closed_pipe() -> int:
+    """The write end of a pipe whose reader has already gone (`... | head -1` after head left): every
+    write to it fails with EPIPE. The caller closes it."""
+    read, write = os.pipe()
+    os.close(read)
+    return write

@@ -4,6 +4,7 @@ host is checked for anything of the tool left behind (processes, mounts, namespa
 from __future__ import annotations
 
 import json
+import os
 import queue
 import re
 import signal
@@ -16,7 +17,7 @@ import yaml
 
 from cislaves import images as manifest_mod
 from cislaves.clouds.base import generate_keypair
-from tests.cli import REPO, fab
+from tests.cli import REPO, closed_pipe, fab
 from tests.fixtures_local import tool_leftovers
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -157,13 +158,11 @@ def test_a_bake_whose_reader_went_away_finishes_records_its_image_and_leaves_not
     """`fab it ... | head -1`: the rest of the output has nowhere to go. The bake still runs to its end
     (its output dropped), records its image and exits 0; before, the first print after the reader left
     (invoke's thread copying the script's output) ended the bake with a traceback."""
-    import os
-
-    read, write = os.pipe()
-    os.close(read)
+    write = closed_pipe()
     try:
-        result = subprocess.run(["fab", "it:cloud=local,distribution=debian12"], cwd=REPO, env={**_os_env(), **bake_env()},
-                                stdout=write, stderr=subprocess.PIPE, text=True, timeout=900, stdin=subprocess.DEVNULL)
+        result = subprocess.run(["fab", "it:cloud=local,distribution=debian12"], cwd=REPO,
+                                env={**_os_env(), **bake_env()}, stdout=write, stderr=subprocess.PIPE, text=True,
+                                timeout=900, stdin=subprocess.DEVNULL)
     finally:
         os.close(write)
     assert result.returncode == 0, result.stderr[-3000:]

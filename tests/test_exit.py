@@ -14,7 +14,7 @@ import textwrap
 
 import pytest
 
-from tests.cli import REPO, cislaves, fab
+from tests.cli import REPO, cislaves, closed_pipe, fab
 
 PRELUDE = """\
 import atexit, os, sys, threading
@@ -103,18 +103,11 @@ def test_list_and_a_task_exit_zero_with_all_their_output(run, tmp_path):
     assert status.stdout == f"No instances on cloud 'static' in {tmp_path / 'data' / 'state.json'}\n"
 
 
-def _closed_pipe() -> int:
-    """The write end of a pipe whose reader has already gone: every write to it fails with EPIPE."""
-    read, write = os.pipe()
-    os.close(read)
-    return write
-
-
 @pytest.mark.parametrize("command", ["fab", "cislaves"])
 def test_output_into_a_pipe_nobody_reads_is_dropped_without_a_traceback(command):
     """`fab -l | head -1`: the reader went away; the listing is not an error and says nothing of it."""
     argv = [command, "-l"] if command == "fab" else [command, "--help"]
-    write = _closed_pipe()
+    write = closed_pipe()
     try:
         result = subprocess.run(argv, cwd=REPO, stdout=write, stderr=subprocess.PIPE, text=True, timeout=60,
                                 stdin=subprocess.DEVNULL, env=BUFFERED)
